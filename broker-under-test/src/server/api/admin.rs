@@ -1,0 +1,143 @@
+//! ApiVersions and CreateTopics.
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use super::{code, encode, Body, SUPPORTED};
+use crate::server::Broker;
+use crate::topics::CreateError;
+
+fn versions() -> Vec<ApiVersion> {
+    SUPPORTED
+        .iter()
+        .map(|&(k, min, max)| {
+            ApiVersion::default()
+                .with_api_key(k as i16)
+                .with_min_version(min)
+                .with_max_version(max)
+        })
+        .collect()
+}
+
+/// The versions this broker serves.
+pub fn api_versions(version: i16) -> Body {
+    encode(
+        &ApiVersionsResponse::default().with_api_keys(versions()),
+        version,
+    )
+}
+
+/// KIP-511: an ApiVersions request newer than we serve gets a v0 answer
+/// with UNSUPPORTED_VERSION and our versions, so the client can retry lower.
+pub fn api_versions_unsupported() -> Body {
+    let resp = ApiVersionsResponse::default()
+        .with_error_code(code(ResponseError::UnsupportedVersion))
+        .with_api_keys(versions());
+    encode(&resp, 0)
+}
+
+fn create_error_code(e: &CreateError) -> i16 {
+    code(match e {
+        CreateError::Exists(_) => ResponseError::TopicAlreadyExists,
+        CreateError::InvalidName(_) => ResponseError::InvalidTopicException,
+        CreateError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+        CreateError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+        CreateError::InvalidConfig(_) => ResponseError::InvalidConfig,
+        CreateError::Storage(_) => ResponseError::KafkaStorageError,
+    })
+}
+
+/// Creates topics (replication factor 1; `min.insync.replicas` accepted).
+pub async fn create_topics(broker: &Arc<Broker>, req: CreateTopicsRequest, version: i16) -> Body {
+    let mut results = Vec::new();
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let mut result = CreatableTopicResult::default().with_name(t.name.clone());
+        let mut min_isr = 1;
+        let mut error = None;
+        for c in &t.configs {
+            // Other topic configs are accepted and ignored.
+            if let ("min.insync.replicas", Some(v)) =
+                (c.name.as_str(), c.value.as_ref().map(|v| v.as_str()))
+            {
+                match v.parse::<i32>() {
+                    Ok(n) => min_isr = n,
+                    Err(_) => {
+                        error = Some(CreateError::InvalidConfig(format!(
+                            "min.insync.replicas={v}"
+                        )))
+                    }
+                }
+            }
+        }
+        if !t.assignments.is_empty() {
+            let only_self = t
+                .assignments
+                .iter()
+                .all(|a| a.broker_ids.len() == 1 && a.broker_ids[0].0 == broker.config.id);
+            if !only_self {
+                error = Some(CreateError::InvalidReplicationFactor(
+                    t.assignments[0].broker_ids.len() as i16,
+                ));
+            }
+        }
+        let (partitions, rf) = if t.assignments.is_empty() {
+            (t.num_partitions, t.replication_factor)
+        } else {
+            (t.assignments.len() as i32, 1)
+        };
+        let outcome = match error {
+            Some(e) => Err(e),
+            None if req.validate_only => broker.topics.check(
+                &name,
+                if partitions == -1 {
+                    broker.config.default_partitions
+                } else {
+                    partitions
+                },
+                if rf == -1 { 1 } else { rf },
+            ),
+            None => {
+                let b = broker.clone();
+                let n = name.clone();
+                tokio::task::spawn_blocking(move || {
+                    b.topics.create(&n, partitions, rf, min_isr).map(|_| ())
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(CreateError::InvalidConfig(format!(
+                        "create task failed: {e}"
+                    )))
+                })
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                if let Some(topic) = broker.topics.get(&name) {
+                    result.num_partitions = topic.config.partitions;
+                    result.replication_factor = topic.config.replication_factor;
+                } else {
+                    result.num_partitions = partitions;
+                    result.replication_factor = rf;
+                }
+            }
+            Err(e) => {
+                tracing::info!(topic = %name, "create topic refused: {e}");
+                result.error_code = create_error_code(&e);
+                result.error_message = Some(StrBytes::from_string(e.to_string()));
+                result.num_partitions = -1;
+                result.replication_factor = -1;
+            }
+        }
+        results.push(result);
+    }
+    encode(
+        &CreateTopicsResponse::default().with_topics(results),
+        version,
+    )
+}

@@ -1,0 +1,107 @@
+//! Request dispatch: decodes a request body by API key and version and runs
+//! its handler. Input: header + body bytes. Output: a `Reply`, a future of
+//! the encoded response body (None for produce with acks=0).
+
+mod admin;
+mod fetch;
+mod groups;
+mod metadata;
+mod offsets;
+mod produce;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use super::Broker;
+
+/// An encoded response body; None when no response is due (acks=0);
+/// Err when it cannot be encoded (the connection is then closed).
+pub type Body = Result<Option<Bytes>, String>;
+
+/// The response body, once the request is complete.
+pub type Reply = Pin<Box<dyn Future<Output = Body> + Send>>;
+
+/// The APIs and versions this broker serves (advertised in ApiVersions).
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 0, 9),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 6),
+];
+
+/// Whether this broker serves `version` of `key`.
+pub fn supported(key: ApiKey, version: i16) -> bool {
+    SUPPORTED
+        .iter()
+        .any(|&(k, min, max)| k == key && (min..=max).contains(&version))
+}
+
+/// Encodes a response body at `version`.
+pub fn encode<T: Encodable>(resp: &T, version: i16) -> Body {
+    let mut buf = BytesMut::new();
+    match resp.encode(&mut buf, version) {
+        Ok(()) => Ok(Some(buf.freeze())),
+        Err(e) => Err(format!(
+            "cannot encode {} v{version}: {e}",
+            std::any::type_name::<T>()
+        )),
+    }
+}
+
+/// A reply that is complete already.
+pub fn ready(body: Body) -> Reply {
+    Box::pin(std::future::ready(body))
+}
+
+fn decode<T: Decodable>(key: ApiKey, mut body: Bytes, version: i16) -> Result<T, String> {
+    T::decode(&mut body, version)
+        .map_err(|e| format!("undecodable {key:?} v{version} request: {e}"))
+}
+
+/// Runs one request. Err closes the connection with that reason.
+pub async fn dispatch(
+    broker: &Arc<Broker>,
+    key: ApiKey,
+    header: &RequestHeader,
+    body: Bytes,
+) -> Result<Reply, String> {
+    let v = header.request_api_version;
+    if !supported(key, v) {
+        if key == ApiKey::ApiVersions {
+            return Ok(ready(admin::api_versions_unsupported()));
+        }
+        return Err(format!("unsupported API {key:?} v{v}"));
+    }
+    Ok(match key {
+        ApiKey::ApiVersions => {
+            let _: ApiVersionsRequest = decode(key, body, v)?;
+            ready(admin::api_versions(v))
+        }
+        ApiKey::Metadata => ready(metadata::handle(broker, decode(key, body, v)?, v).await),
+        ApiKey::CreateTopics => ready(admin::create_topics(broker, decode(key, body, v)?, v).await),
+        ApiKey::Produce => produce::handle(broker, decode(key, body, v)?, v),
+        ApiKey::Fetch => fetch::handle(broker, decode(key, body, v)?, v),
+        ApiKey::ListOffsets => ready(offsets::list_offsets(broker, decode(key, body, v)?, v)),
+        ApiKey::FindCoordinator => {
+            ready(groups::find_coordinator(broker, decode(key, body, v)?, v))
+        }
+        ApiKey::OffsetCommit => groups::offset_commit(broker, decode(key, body, v)?, v),
+        ApiKey::OffsetFetch => ready(groups::offset_fetch(broker, decode(key, body, v)?, v)),
+        _ => return Err(format!("unsupported API {key:?} v{v}")),
+    })
+}
+
+/// The error code of a Kafka error.
+pub fn code(e: kafka_protocol::ResponseError) -> i16 {
+    e.code()
+}

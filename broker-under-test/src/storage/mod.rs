@@ -1,0 +1,11 @@
+//! Durable storage of the broker: partition logs made of segments of
+//! RecordBatches, and the committed-offsets store.
+
+pub mod batch;
+pub mod error;
+pub mod log;
+pub mod offsets;
+pub mod segment;
+
+pub use error::StorageError;
+pub use log::{LogConfig, PartitionLog, Recovery};
