@@ -24,6 +24,7 @@ fn main() {
             std::process::exit(2);
         }
     };
+    raise_fd_limit();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     std::process::exit(runtime.block_on(run(config)));
 }
@@ -60,4 +61,14 @@ async fn run(config: Config) -> i32 {
     broker.flush_all().await;
     tracing::info!(id, "broker stopped");
     code
+}
+
+/// Each partition keeps two files open: allow as many as the hard limit does.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }

@@ -16,7 +16,8 @@
 //! end over the in-sync replicas"; produce and fetch already wait on it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
@@ -81,7 +82,7 @@ impl Partition {
             appended,
             leader_epoch: 0,
         });
-        tokio::spawn(flush_task(partition.clone()));
+        tokio::spawn(flush_task(Arc::downgrade(&partition)));
         Ok((partition, recovery))
     }
 
@@ -178,18 +179,22 @@ impl Partition {
     }
 }
 
-/// Runs for the broker's lifetime (partitions are never deleted): fsyncs
-/// per the flush policy and publishes the durable end.
-async fn flush_task(p: Arc<Partition>) {
+/// Runs while the partition exists: fsyncs per the flush policy and
+/// publishes the durable end. Holds only a weak reference between rounds,
+/// so a dropped partition (a failed topic creation) ends the task.
+async fn flush_task(partition: Weak<Partition>) {
     loop {
-        match p.policy {
-            FlushPolicy::Interval(d) => {
-                tokio::select! {
-                    _ = tokio::time::sleep(d) => {}
-                    _ = p.flush_needed.notified() => {}
-                }
-            }
-            _ => p.flush_needed.notified().await,
+        let Some(p) = partition.upgrade() else { return };
+        let tick = match p.policy {
+            FlushPolicy::Interval(d) => d,
+            _ => Duration::from_secs(1),
+        };
+        let flush_now = tokio::select! {
+            _ = p.flush_needed.notified() => true,
+            _ = tokio::time::sleep(tick) => matches!(p.policy, FlushPolicy::Interval(_)),
+        };
+        if !flush_now {
+            continue;
         }
         let (file, end, path) = p.log().sync_handle();
         if end <= p.progress.borrow().durable {

@@ -101,7 +101,7 @@ impl Topics {
             create_lock: std::sync::Mutex::new(()),
         };
         for (name, tc) in saved {
-            let topic = topics.open_topic(&name, tc)?;
+            let topic = topics.open_topic(&name, tc, true)?;
             topics.write_map().insert(name, Arc::new(topic));
         }
         Ok(topics)
@@ -111,7 +111,12 @@ impl Topics {
         self.map.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn open_topic(&self, name: &str, config: TopicConfig) -> Result<Topic, StorageError> {
+    fn open_topic(
+        &self,
+        name: &str,
+        config: TopicConfig,
+        existing: bool,
+    ) -> Result<Topic, StorageError> {
         let mut partitions = Vec::new();
         for i in 0..config.partitions {
             let pdir = self.dir.join(format!("{name}-{i}"));
@@ -140,13 +145,15 @@ impl Topics {
                     "recovery found corruption: {c}; serving below it, refusing writes"
                 );
             }
-            tracing::info!(
-                topic = name,
-                partition = i,
-                segments = rec.segments,
-                log_end = rec.log_end,
-                "recovered partition"
-            );
+            if existing {
+                tracing::info!(
+                    topic = name,
+                    partition = i,
+                    segments = rec.segments,
+                    log_end = rec.log_end,
+                    "recovered partition"
+                );
+            }
             partitions.push(p);
         }
         Ok(Topic {
@@ -227,17 +234,43 @@ impl Topics {
             replication_factor,
             min_insync_replicas,
         };
-        let topic = Arc::new(self.open_topic(name, config)?);
-        let mut all: BTreeMap<String, TopicConfig> = self
-            .all()
-            .iter()
-            .map(|t| (t.name.clone(), t.config.clone()))
-            .collect();
-        all.insert(name.to_string(), topic.config.clone());
-        self.persist(&all)?;
+        // Directories of an unregistered topic are left from a creation that
+        // crashed or failed before it was recorded: never reuse their data.
+        self.remove_partition_dirs(name, partitions)?;
+        let created = self.open_topic(name, config, false).and_then(|topic| {
+            let mut all: BTreeMap<String, TopicConfig> = self
+                .all()
+                .iter()
+                .map(|t| (t.name.clone(), t.config.clone()))
+                .collect();
+            all.insert(name.to_string(), topic.config.clone());
+            self.persist(&all)?;
+            Ok(Arc::new(topic))
+        });
+        let topic = match created {
+            Ok(t) => t,
+            Err(e) => {
+                if let Err(cleanup) = self.remove_partition_dirs(name, partitions) {
+                    tracing::error!(topic = name, "cleanup after failed creation: {cleanup}");
+                }
+                return Err(e.into());
+            }
+        };
         self.write_map().insert(name.to_string(), topic.clone());
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
+    }
+
+    fn remove_partition_dirs(&self, name: &str, partitions: i32) -> Result<(), StorageError> {
+        for i in 0..partitions {
+            let pdir = self.dir.join(format!("{name}-{i}"));
+            if pdir.exists() {
+                tracing::warn!(dir = %pdir.display(), "removing data of an unregistered topic");
+                std::fs::remove_dir_all(&pdir)
+                    .map_err(StorageError::io("remove stale partition dir", &pdir))?;
+            }
+        }
+        Ok(())
     }
 
     fn persist(&self, all: &BTreeMap<String, TopicConfig>) -> Result<(), StorageError> {

@@ -1,1 +1,275 @@
-//! End-to-end tests live in `tests/`; this library is empty on purpose.
+//! Support for the end-to-end tests: builds the project's binaries, starts
+//! real broker processes on loopback, and speaks raw Kafka requests.
+//!
+//! Every process started here gets PR_SET_PDEATHSIG(SIGKILL) and is killed
+//! on drop, so a failing or aborted test leaves no broker behind.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+/// The workspace's target directory for the profile these tests run in.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary, built (once per test process) so it is never stale.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = target_dir();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--bins"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build for the binaries");
+        assert!(status.success(), "cargo build --bins failed");
+    });
+    let path = dir.join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Fails with a clear message when an external program is missing.
+pub fn require_program(name: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{name} is not installed: run ci/test, or apt-get install -y {package}"
+    );
+}
+
+/// A running unlost-broker process with its own data dir.
+pub struct BrokerProcess {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl BrokerProcess {
+    /// Starts a broker in a fresh temporary data dir with extra flags.
+    pub fn start(extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut b = Self::start_in(tmp.path(), extra);
+        b._tmp = Some(tmp);
+        b
+    }
+
+    /// Starts a broker whose data dir and log live in `dir`.
+    pub fn start_in(dir: &Path, extra: &[&str]) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let data_dir = dir.join("data");
+        let mut args = vec![
+            "--id".to_string(),
+            "1".into(),
+            "--listen".into(),
+            addr.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut b = BrokerProcess {
+            child: None,
+            addr,
+            data_dir,
+            log: dir.join("broker.log"),
+            args,
+            _tmp: None,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("broker log");
+        let mut cmd = Command::new(binary("unlost-broker"));
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        self.child = Some(cmd.spawn().expect("spawn unlost-broker"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(self.addr).is_err() {
+            if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
+                panic!(
+                    "broker exited during start ({status}):\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not listen in 20 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `host:port` for clients.
+    pub fn bootstrap(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// SIGKILL, then wait for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        c.wait().ok()?.code()
+    }
+
+    /// Starts the process again with the same flags, port and data dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Everything the broker logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A raw Kafka protocol connection.
+pub struct KafkaConn {
+    stream: TcpStream,
+    correlation: i32,
+}
+
+impl KafkaConn {
+    /// Connects with a read timeout.
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).expect("connect to broker");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        KafkaConn {
+            stream,
+            correlation: 0,
+        }
+    }
+
+    /// Sends a request and decodes its response.
+    pub fn call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        req: &Req,
+    ) -> std::io::Result<Resp> {
+        self.correlation += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(StrBytes::from_static_str("unlost-tests")));
+        let mut body = BytesMut::new();
+        header
+            .encode(&mut body, key.request_header_version(version))
+            .unwrap();
+        req.encode(&mut body, version).unwrap();
+        self.send_frame(&body)?;
+        let mut resp = self.read_frame()?;
+        let rh = ResponseHeader::decode(&mut resp, key.response_header_version(version)).unwrap();
+        assert_eq!(
+            rh.correlation_id, self.correlation,
+            "responses come back in order"
+        );
+        Ok(Resp::decode(&mut resp, version).expect("decodable response"))
+    }
+
+    /// Writes a size-prefixed frame.
+    pub fn send_frame(&mut self, body: &[u8]) -> std::io::Result<()> {
+        let mut frame = BytesMut::with_capacity(body.len() + 4);
+        frame.put_i32(body.len() as i32);
+        frame.extend_from_slice(body);
+        self.stream.write_all(&frame)
+    }
+
+    /// Writes raw bytes as they are.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads one size-prefixed frame.
+    pub fn read_frame(&mut self) -> std::io::Result<Bytes> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len)?;
+        let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut buf)?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// Closes the sending side, so the broker sees end of input.
+    pub fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+    }
+
+    /// Reads until the broker closes the connection; returns what came.
+    pub fn read_to_close(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.stream.read_to_end(&mut out)?;
+        Ok(out)
+    }
+}

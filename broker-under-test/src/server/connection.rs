@@ -37,7 +37,7 @@ struct Pending {
 pub async fn run(broker: Arc<Broker>, stream: TcpStream) -> Result<(), String> {
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Pending>(IN_FLIGHT);
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         while let Some(p) = rx.recv().await {
             let Some(body) = p.reply.await? else { continue };
             let mut frame = BytesMut::with_capacity(body.len() + 16);
@@ -55,13 +55,18 @@ pub async fn run(broker: Arc<Broker>, stream: TcpStream) -> Result<(), String> {
         }
         Ok::<(), String>(())
     });
-    let result = read_loop(&broker, &mut rd, &tx).await;
-    drop(tx);
-    // Let already-accepted requests finish and be answered.
-    let written = writer
-        .await
-        .unwrap_or_else(|e| Err(format!("writer task: {e}")));
-    result.and(written)
+    // When the client is gone or misbehaves, close without answering what is
+    // still pending, as Kafka does (appends already made stay in the log).
+    let result = tokio::select! {
+        r = read_loop(&broker, &mut rd, &tx) => r,
+        w = &mut writer => match w {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(format!("writer task: {e}")),
+        },
+    };
+    writer.abort();
+    result
 }
 
 async fn read_loop(

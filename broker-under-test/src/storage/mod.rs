@@ -7,5 +7,8 @@ pub mod log;
 pub mod offsets;
 pub mod segment;
 
+#[cfg(test)]
+mod log_tests;
+
 pub use error::StorageError;
 pub use log::{LogConfig, PartitionLog, Recovery};

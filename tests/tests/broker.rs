@@ -1,0 +1,512 @@
+//! End-to-end tests of unlost-broker: real broker processes on loopback,
+//! driven by kcat, librdkafka (rdkafka) and raw Kafka frames.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use unlost_tests::{require_program, BrokerProcess, KafkaConn};
+
+#[path = "broker/robustness.rs"]
+mod robustness;
+
+/// One acknowledged message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Acked {
+    partition: i32,
+    offset: i64,
+    value: String,
+}
+
+fn producer(bootstrap: &str, acks: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", acks)
+        .set("message.timeout.ms", "4000")
+        .set("linger.ms", "2")
+        .create()
+        .expect("producer")
+}
+
+async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics([&topic], &AdminOptions::new())
+        .await
+        .expect("CreateTopics");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// Sends `count` values `p<id>-<seq>` round-robin over `partitions`, up to
+/// 200 in flight; returns what was acknowledged.
+async fn produce(
+    p: &FutureProducer,
+    topic: &str,
+    id: usize,
+    count: usize,
+    partitions: i32,
+) -> Vec<Acked> {
+    let mut acked = Vec::new();
+    let mut seq = 0;
+    while seq < count {
+        let mut inflight = Vec::new();
+        for _ in 0..200.min(count - seq) {
+            let value = format!("p{id}-{seq:08}");
+            let part = (seq as i32) % partitions;
+            let fut = p
+                .send_result(
+                    FutureRecord::<(), _>::to(topic)
+                        .payload(&value)
+                        .partition(part),
+                )
+                .expect("enqueue");
+            inflight.push((value, fut));
+            seq += 1;
+        }
+        for (value, fut) in inflight {
+            if let Ok(Ok(d)) = fut.await {
+                acked.push(Acked {
+                    partition: d.partition,
+                    offset: d.offset,
+                    value,
+                });
+            }
+        }
+    }
+    acked
+}
+
+/// Reads every partition from the beginning to its high watermark.
+fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> BTreeMap<i32, Vec<(i64, String)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "unlost-tests-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    let mut high = HashMap::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+        let (_, h) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        high.insert(p, h);
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out: BTreeMap<i32, Vec<(i64, String)>> =
+        (0..partitions).map(|p| (p, Vec::new())).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = |out: &BTreeMap<i32, Vec<(i64, String)>>| {
+        out.iter()
+            .all(|(p, v)| v.last().map_or(0, |(o, _)| o + 1) >= high[p])
+    };
+    while !done(&out) {
+        assert!(
+            Instant::now() < deadline,
+            "read did not reach the high watermarks {high:?}"
+        );
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.expect("consume");
+            let value = String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap();
+            out.get_mut(&m.partition())
+                .unwrap()
+                .push((m.offset(), value));
+        }
+    }
+    out
+}
+
+/// Every acknowledged message is at its acknowledged offset.
+fn assert_all_present(acked: &[Acked], log: &BTreeMap<i32, Vec<(i64, String)>>) {
+    let index: HashMap<(i32, i64), &String> = log
+        .iter()
+        .flat_map(|(p, v)| v.iter().map(move |(o, val)| ((*p, *o), val)))
+        .collect();
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|a| index.get(&(a.partition, a.offset)) != Some(&&a.value))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but missing or different: {missing:?}"
+    );
+}
+
+#[test]
+fn kcat_round_trips_10000_lines_in_order() {
+    require_program("kcat", "kcat");
+    let broker = BrokerProcess::start(&["--flush", "always"]);
+    let lines: String = (1..=10_000).map(|i| format!("line-{i}\n")).collect();
+    let mut child = std::process::Command::new("kcat")
+        .args([
+            "-b",
+            &broker.bootstrap(),
+            "-P",
+            "-t",
+            "lines",
+            "-X",
+            "acks=all",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "kcat producer failed:\n{}",
+        broker.log_text()
+    );
+    let out = std::process::Command::new("kcat")
+        .args([
+            "-b",
+            &broker.bootstrap(),
+            "-C",
+            "-t",
+            "lines",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kcat consumer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(got.lines().count(), 10_000);
+    assert!(got == lines, "lines came back different or out of order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_producers_several_partitions_exactly_once() {
+    let broker = BrokerProcess::start(&["--flush", "ms:100", "--segment-bytes", "16384"]);
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "multi", 4).await;
+    let mut tasks = Vec::new();
+    for id in 0..4 {
+        let bootstrap = bootstrap.clone();
+        tasks.push(tokio::spawn(async move {
+            let p = producer(&bootstrap, "all");
+            produce(&p, "multi", id, 2500, 4).await
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    assert_eq!(
+        acked.len(),
+        10_000,
+        "every send is acknowledged on a healthy broker"
+    );
+    let log = tokio::task::spawn_blocking(move || read_all(&bootstrap, "multi", 4))
+        .await
+        .unwrap();
+    assert_all_present(&acked, &log);
+    let mut seen = HashSet::new();
+    for (p, entries) in &log {
+        let offsets: Vec<i64> = entries.iter().map(|(o, _)| *o).collect();
+        let expected: Vec<i64> = (0..entries.len() as i64).collect();
+        assert_eq!(
+            offsets, expected,
+            "partition {p} offsets are contiguous from 0"
+        );
+        for (_, v) in entries {
+            assert!(seen.insert(v.clone()), "{v} appears twice");
+        }
+    }
+    assert_eq!(seen.len(), 10_000);
+    // Small segments: the log rolled, and reads crossed segment boundaries.
+    let segments = std::fs::read_dir(broker.data_dir.join("multi-0"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "log")
+        })
+        .count();
+    assert!(segments > 1, "expected rolled segments, found {segments}");
+}
+
+/// Produces under load, SIGKILLs the broker, restarts it on the same data
+/// dir, and checks that every acknowledged message is there.
+async fn crash_keeps_acknowledged(flush: &str) {
+    let mut broker = BrokerProcess::start(&["--flush", flush, "--segment-bytes", "262144"]);
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "crash", 3).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for id in 0..3 {
+        let (bootstrap, stop) = (bootstrap.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let p = producer(&bootstrap, "all");
+            let mut acked = Vec::new();
+            let mut round = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let got = produce(&p, "crash", id * 1000 + round, 400, 3).await;
+                acked.extend(got);
+                round += 1;
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    broker.kill();
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    assert!(
+        acked.len() > 1000,
+        "too few acknowledged before the kill: {}",
+        acked.len()
+    );
+    broker.restart();
+    let b = bootstrap.clone();
+    let log = tokio::task::spawn_blocking(move || read_all(&b, "crash", 3))
+        .await
+        .unwrap();
+    assert_all_present(&acked, &log);
+    assert!(
+        broker.log_text().contains("recovered partition"),
+        "restart recovers partitions"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_flush_always_keeps_every_acknowledged_message() {
+    crash_keeps_acknowledged("always").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_async_flush_keeps_acknowledged_messages_in_page_cache() {
+    // A process crash does not lose the page cache: only power loss would.
+    crash_keeps_acknowledged("ms:60000").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_survive_sigkill() {
+    let mut broker = BrokerProcess::start(&[]);
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "offs", 2).await;
+    let p = producer(&bootstrap, "1");
+    produce(&p, "offs", 0, 20, 2).await;
+    let consumer = |b: &str| -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", b)
+            .set("group.id", "g1")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap()
+    };
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("offs", 0, Offset::Offset(7))
+        .unwrap();
+    tpl.add_partition_offset("offs", 1, Offset::Offset(3))
+        .unwrap();
+    let b = bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        consumer(&b).commit(&tpl, CommitMode::Sync).expect("commit")
+    })
+    .await
+    .unwrap();
+    broker.kill();
+    broker.restart();
+    let b = bootstrap.clone();
+    let committed = tokio::task::spawn_blocking(move || {
+        let c = consumer(&b);
+        let mut want = TopicPartitionList::new();
+        want.add_partition("offs", 0);
+        want.add_partition("offs", 1);
+        c.committed_offsets(want, Duration::from_secs(10))
+            .expect("committed offsets")
+    })
+    .await
+    .unwrap();
+    let got: Vec<_> = committed
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset()))
+        .collect();
+    assert_eq!(got, vec![(0, Offset::Offset(7)), (1, Offset::Offset(3))]);
+}
+
+#[test]
+fn sigterm_flushes_and_exits_cleanly() {
+    let mut broker = BrokerProcess::start(&["--flush", "ms:60000"]);
+    assert_eq!(broker.terminate(), Some(0));
+    let log = broker.log_text();
+    assert!(
+        log.contains("broker started") && log.contains("broker stopped"),
+        "{log}"
+    );
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_problem() {
+    let out = std::process::Command::new(unlost_tests::binary("unlost-broker"))
+        .args([
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+            "/tmp/x",
+            "--flush",
+            "sometimes",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid flush policy \"sometimes\""), "{err}");
+    let out = std::process::Command::new(unlost_tests::binary("unlost-broker"))
+        .args(["--listen", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("id is required"));
+}
+
+#[test]
+fn protocol_errors_are_answered_or_close_the_connection() {
+    use kafka_protocol::messages::*;
+    let mut broker = BrokerProcess::start(&[]);
+    // ApiVersions newer than served: UNSUPPORTED_VERSION with the list (KIP-511).
+    let mut conn = KafkaConn::connect(broker.addr);
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&(ApiKey::ApiVersions as i16).to_be_bytes());
+    frame.extend_from_slice(&99i16.to_be_bytes());
+    frame.extend_from_slice(&5i32.to_be_bytes());
+    frame.extend_from_slice(&(-1i16).to_be_bytes());
+    conn.send_frame(&frame).unwrap();
+    let mut resp = conn.read_frame().unwrap();
+    use kafka_protocol::protocol::Decodable;
+    let header = ResponseHeader::decode(&mut resp, 0).unwrap();
+    assert_eq!(header.correlation_id, 5);
+    let av = ApiVersionsResponse::decode(&mut resp, 0).unwrap();
+    assert_eq!(av.error_code, 35, "UNSUPPORTED_VERSION");
+    assert!(av
+        .api_keys
+        .iter()
+        .any(|k| k.api_key == ApiKey::Produce as i16 && k.max_version == 9));
+
+    // Produce with a corrupted batch: CORRUPT_MESSAGE, nothing appended.
+    let mut conn = KafkaConn::connect(broker.addr);
+    let mut batch = unlost_broker::storage::batch::build(0, &[b"hello"], 1);
+    let last = batch.len() - 1;
+    batch[last] ^= 1;
+    let _: MetadataResponse = conn
+        .call(
+            ApiKey::Metadata,
+            9,
+            &MetadataRequest::default()
+                .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+                )
+                .with_name(Some(TopicName(
+                    kafka_protocol::protocol::StrBytes::from_static_str("c"),
+                )))]))
+                .with_allow_auto_topic_creation(true),
+        )
+        .unwrap();
+    let produce = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(1000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(TopicName(
+                kafka_protocol::protocol::StrBytes::from_static_str("c"),
+            ))
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(bytes::Bytes::from(batch))),
+            ])]);
+    let r: ProduceResponse = conn.call(ApiKey::Produce, 7, &produce).unwrap();
+    assert_eq!(
+        r.responses[0].partition_responses[0].error_code, 2,
+        "CORRUPT_MESSAGE"
+    );
+
+    // Unknown API key, unsupported version, oversized and negative lengths:
+    // the connection is closed, the broker keeps serving.
+    for raw in [
+        [
+            &10i32.to_be_bytes()[..],
+            &999i16.to_be_bytes(),
+            &0i16.to_be_bytes(),
+            &1i32.to_be_bytes(),
+            &[0, 0],
+        ]
+        .concat(),
+        [
+            &10i32.to_be_bytes()[..],
+            &(ApiKey::DeleteTopics as i16).to_be_bytes(),
+            &1i16.to_be_bytes(),
+            &1i32.to_be_bytes(),
+            &[0, 0],
+        ]
+        .concat(),
+        (200i32 << 20).to_be_bytes().to_vec(),
+        // Metadata v1 declaring 2^31-1 topics: a decoder that trusts the count
+        // asks for ~150 GB, which aborts a process on the system allocator.
+        [
+            &12i32.to_be_bytes()[..],
+            &3i16.to_be_bytes(),
+            &1i16.to_be_bytes(),
+            &1i32.to_be_bytes(),
+            &(-1i16).to_be_bytes(),
+            &i32::MAX.to_be_bytes(),
+        ]
+        .concat(),
+        (-5i32).to_be_bytes().to_vec(),
+    ] {
+        let mut conn = KafkaConn::connect(broker.addr);
+        conn.send_raw(&raw).unwrap();
+        assert!(
+            conn.read_to_close().unwrap().is_empty(),
+            "closed without an answer"
+        );
+    }
+    assert!(
+        broker.is_running(),
+        "broker survived bad frames:\n{}",
+        broker.log_text()
+    );
+    let mut conn = KafkaConn::connect(broker.addr);
+    let ok: ApiVersionsResponse = conn
+        .call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())
+        .unwrap();
+    assert_eq!(ok.error_code, 0);
+    let log = broker.log_text();
+    assert!(log.contains("unknown API key 999"), "{log}");
+    assert!(log.contains("request size 209715200 is outside"), "{log}");
+}
