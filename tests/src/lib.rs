@@ -34,7 +34,7 @@ pub fn binary(name: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let release = dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--bins"]);
+        cmd.args(["build", "--quiet", "--workspace", "--bins"]);
         if release {
             cmd.arg("--release");
         }
@@ -42,7 +42,7 @@ pub fn binary(name: &str) -> PathBuf {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build for the binaries");
-        assert!(status.success(), "cargo build --bins failed");
+        assert!(status.success(), "cargo build --workspace --bins failed");
     });
     let path = dir.join(name);
     assert!(path.exists(), "{} was not built", path.display());

@@ -1,0 +1,26 @@
+# Shared by ci/test and ci/demo: installs missing prerequisites.
+# Debian packages: kcat (a real Kafka client for tests and the demo),
+# make/gcc/g++/pkg-config (librdkafka is built from source by rdkafka-sys).
+
+step() { printf '\n== %s\n' "$*"; }
+
+install_missing() {
+  local pkgs=()
+  command -v kcat >/dev/null 2>&1 || pkgs+=(kcat)
+  command -v make >/dev/null 2>&1 || pkgs+=(make)
+  command -v gcc >/dev/null 2>&1 || pkgs+=(gcc)
+  command -v g++ >/dev/null 2>&1 || pkgs+=(g++)
+  command -v pkg-config >/dev/null 2>&1 || pkgs+=(pkg-config)
+  command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
+  if ((${#pkgs[@]})); then
+    step "installing ${pkgs[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${pkgs[@]}" >/dev/null
+  fi
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo is not installed: install a Rust toolchain (https://rustup.rs) and run again" >&2
+    exit 1
+  fi
+}
