@@ -1,0 +1,49 @@
+//! Property: every acknowledged message is in the final drain.
+//! Violation: `lost`, listed with its ack and the faults around it.
+
+use serde::Serialize;
+
+use super::facts::{Facts, Value};
+
+/// How far before and after an ack a fault counts as "around" it (µs).
+const BEFORE: u64 = 5_000_000;
+const AFTER: u64 = 10_000_000;
+
+/// An acknowledged message missing from the final drain.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LostMessage {
+    pub value: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// Seconds since the run started.
+    pub acked_at: f64,
+    /// Faults active from 5 s before to 10 s after the ack: "kill#3 [1] leader".
+    pub faults: Vec<String>,
+}
+
+/// Every lost message, in ack order.
+pub fn check(f: &Facts) -> Vec<LostMessage> {
+    let mut lost: Vec<LostMessage> = f
+        .sends
+        .iter()
+        .filter_map(|(v, s)| {
+            let (partition, offset, t) = s.ok?;
+            if f.drain_by_value.contains_key(&Value::Id(*v)) {
+                return None;
+            }
+            Some(LostMessage {
+                value: v.to_string(),
+                partition,
+                offset,
+                acked_at: t as f64 / 1e6,
+                faults: f
+                    .faults_near(t, BEFORE, AFTER)
+                    .iter()
+                    .map(|w| format!("{}#{} {:?} {}", w.fault, w.id, w.targets, w.detail))
+                    .collect(),
+            })
+        })
+        .collect();
+    lost.sort_by(|a, b| a.acked_at.total_cmp(&b.acked_at));
+    lost
+}

@@ -1,0 +1,176 @@
+//! History -> `Outcome`: anomalies by kind, the verdict, and whether the
+//! plan's expectations are met.
+//!
+//! One streaming pass folds the history into `Facts` (memory proportional
+//! to the distinct messages); then each property, one file each, derives
+//! its anomalies from the facts.
+
+pub mod anomaly;
+pub mod duplicated;
+pub mod facts;
+pub mod inconsistent_offset;
+pub mod lost;
+pub mod nonmonotonic_poll;
+pub mod recovered;
+pub mod redelivered;
+pub mod reordered;
+pub mod skipped;
+pub mod unexpected;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+pub use anomaly::Anomaly;
+pub use facts::Facts;
+
+use crate::history::{Event, HistoryError};
+use crate::plan::Expect;
+
+/// How many examples of each anomaly are kept in results.
+pub const EXAMPLES: usize = 100;
+
+/// Valid, invalid or unknown; invalid outranks unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Valid,
+    Invalid,
+    Unknown,
+}
+
+/// One expectation's evaluation.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Expectation {
+    pub anomaly: Anomaly,
+    pub wanted: String,
+    pub got: u64,
+    /// None when it cannot be told (the drain did not finish).
+    pub met: Option<bool>,
+}
+
+/// Counts of operations.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Stats {
+    /// Distinct values sent.
+    pub sent: u64,
+    pub attempts: u64,
+    pub acked: u64,
+    /// Values whose every attempt definitely failed.
+    pub failed: u64,
+    /// Values never acknowledged with at least one indeterminate attempt.
+    pub indeterminate: u64,
+    /// Messages processed by consumers (with redeliveries).
+    pub delivered: u64,
+    /// Messages read by the final drain.
+    pub drained: u64,
+    pub events: u64,
+}
+
+/// The checker's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub drain_complete: bool,
+    pub drain_error: Option<String>,
+    pub stats: Stats,
+    pub counts: BTreeMap<Anomaly, u64>,
+    /// Up to `EXAMPLES` of each anomaly, as text.
+    pub examples: BTreeMap<Anomaly, Vec<String>>,
+    /// Every lost message (results.json keeps the first 100; lost.jsonl all).
+    #[serde(skip)]
+    pub lost: Vec<lost::LostMessage>,
+    pub duplicates_by_cause: BTreeMap<String, u64>,
+    pub expectations: Vec<Expectation>,
+    /// Whether every expectation is met (false when any cannot be told).
+    pub expectations_met: bool,
+}
+
+/// Checks a history against expectations.
+pub fn check<I>(events: I, expect: &BTreeMap<Anomaly, Expect>) -> Result<Outcome, HistoryError>
+where
+    I: IntoIterator<Item = Result<Event, HistoryError>>,
+{
+    let mut facts = Facts::default();
+    for e in events {
+        facts.add(e?);
+    }
+    Ok(evaluate(&facts, expect))
+}
+
+/// Derives every anomaly from the facts and evaluates expectations.
+pub fn evaluate(f: &Facts, expect: &BTreeMap<Anomaly, Expect>) -> Outcome {
+    let lost = lost::check(f);
+    let dups = duplicated::check(f);
+    let mut found: BTreeMap<Anomaly, Vec<String>> = BTreeMap::new();
+    found.insert(Anomaly::Lost, lost.iter().map(|l| format!("{} at {}/{} acked {:.3}s", l.value, l.partition, l.offset, l.acked_at)).collect());
+    found.insert(Anomaly::Unexpected, unexpected::check(f));
+    found.insert(Anomaly::InconsistentOffset, inconsistent_offset::check(f));
+    found.insert(Anomaly::Duplicated, dups.iter().map(|d| format!("{} at {:?} ({})", d.value, d.offsets, d.cause)).collect());
+    found.insert(Anomaly::Redelivered, redelivered::check(f));
+    found.insert(Anomaly::Recovered, recovered::check(f));
+    found.insert(Anomaly::Reordered, reordered::check(f));
+    found.insert(Anomaly::Skipped, skipped::check(f));
+    found.insert(Anomaly::NonmonotonicPoll, nonmonotonic_poll::check(f));
+    let counts: BTreeMap<Anomaly, u64> = found.iter().map(|(a, v)| (*a, v.len() as u64)).collect();
+    let mut duplicates_by_cause = BTreeMap::new();
+    for d in &dups {
+        *duplicates_by_cause.entry(d.cause.to_string()).or_insert(0) += 1;
+    }
+    let drain_complete = f.drain_complete == Some(true);
+    let invalid = counts.iter().any(|(a, n)| a.fails_by_default() && *n > 0);
+    let verdict = if !drain_complete {
+        // Without a full drain, absent messages prove nothing; only
+        // anomalies seen in what was read stand.
+        let seen_invalid = [Anomaly::InconsistentOffset, Anomaly::NonmonotonicPoll, Anomaly::Reordered]
+            .iter()
+            .any(|a| counts[a] > 0);
+        if seen_invalid { Verdict::Invalid } else { Verdict::Unknown }
+    } else if invalid {
+        Verdict::Invalid
+    } else {
+        Verdict::Valid
+    };
+    let expectations: Vec<Expectation> = expect
+        .iter()
+        .map(|(a, e)| {
+            let got = counts[a];
+            Expectation {
+                anomaly: *a,
+                wanted: e.to_string(),
+                got,
+                met: if drain_complete { Some(e.met_by(got)) } else { None },
+            }
+        })
+        .collect();
+    let expectations_met = expectations.iter().all(|e| e.met == Some(true));
+    let stats = Stats {
+        sent: f.sends.len() as u64,
+        attempts: f.sends.values().map(|s| u64::from(s.attempts)).sum(),
+        acked: f.sends.values().filter(|s| s.ok.is_some()).count() as u64,
+        failed: f.sends.values().filter(|s| s.ok.is_none() && s.infos == 0 && s.fails > 0).count() as u64,
+        indeterminate: f.sends.values().filter(|s| s.ok.is_none() && s.infos > 0).count() as u64,
+        delivered: f.delivered_total,
+        drained: f.drain.len() as u64,
+        events: f.events,
+    };
+    let examples = found.into_iter().map(|(a, mut v)| {
+        v.truncate(EXAMPLES);
+        (a, v)
+    }).collect();
+    Outcome {
+        verdict,
+        drain_complete,
+        drain_error: f.drain_error.clone(),
+        stats,
+        counts,
+        examples,
+        lost,
+        duplicates_by_cause,
+        expectations,
+        expectations_met,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,16 @@
+//! Observation: an indeterminate send (timeout) whose value is in the log
+//! anyway. Reported as `recovered`; a timed-out write is unknown, never absent.
+
+use super::facts::{Facts, Value};
+
+/// Indeterminate sends present in the drain.
+pub fn check(f: &Facts) -> Vec<String> {
+    let mut out: Vec<String> = f
+        .sends
+        .iter()
+        .filter(|(v, s)| s.ok.is_none() && s.infos > 0 && f.drain_by_value.contains_key(&Value::Id(**v)))
+        .map(|(v, _)| v.to_string())
+        .collect();
+    out.sort();
+    out
+}

@@ -1,0 +1,17 @@
+//! Property: every message below the group's committed offset was processed
+//! by the group. Violation: `skipped` (lost while consuming, e.g. commit
+//! before process and a crash in between).
+
+use super::facts::Facts;
+
+/// "partition/offset value" of each skipped message.
+pub fn check(f: &Facts) -> Vec<String> {
+    let mut out: Vec<(i32, i64, String)> = f
+        .drain
+        .iter()
+        .filter(|((p, o), _)| f.committed.get(p).is_some_and(|&c| *o < c) && !f.processed.contains(&(*p, *o)))
+        .map(|((p, o), v)| (*p, *o, v.to_string()))
+        .collect();
+    out.sort();
+    out.into_iter().map(|(p, o, v)| format!("{p}/{o} {v}")).collect()
+}

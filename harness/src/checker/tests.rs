@@ -1,0 +1,268 @@
+//! Checker tests: small histories that produce each anomaly exactly, and a
+//! property test over generated histories with injected anomalies.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::history::{Event, EventKind};
+
+#[derive(Default)]
+struct H {
+    events: Vec<Event>,
+    t: u64,
+}
+
+impl H {
+    fn new(max_in_flight: u32) -> Self {
+        let mut h = H::default();
+        h.ev("harness", EventKind::Run { plan: "t".into(), seed: 1, partitions: 3, max_in_flight, retries: 2 });
+        h
+    }
+    fn ev(&mut self, process: &str, kind: EventKind) -> &mut Self {
+        self.t += 1000;
+        self.events.push(Event { t: self.t, process: process.into(), kind });
+        self
+    }
+    fn invoke(&mut self, v: &str, attempt: u32) -> &mut Self {
+        let p = v.split('-').next().unwrap().to_string();
+        self.ev(&p, EventKind::Invoke { value: v.into(), attempt })
+    }
+    fn ok(&mut self, v: &str, partition: i32, offset: i64) -> &mut Self {
+        self.invoke(v, 1);
+        let p = v.split('-').next().unwrap().to_string();
+        self.ev(&p, EventKind::Ok { value: v.into(), attempt: 1, partition, offset })
+    }
+    fn drain(&mut self, v: &str, partition: i32, offset: i64) -> &mut Self {
+        self.ev("drain", EventKind::Drain { partition, offset, value: v.into() })
+    }
+    fn deliver(&mut self, c: &str, v: &str, partition: i32, offset: i64) -> &mut Self {
+        self.ev(c, EventKind::Deliver { partition, offset, value: v.into() })
+    }
+    fn done(&mut self) -> Outcome {
+        self.ev("drain", EventKind::DrainEnd { complete: true, high_watermarks: BTreeMap::new(), error: None });
+        self.check()
+    }
+    fn check(&self) -> Outcome {
+        check(self.events.iter().cloned().map(Ok), &defaults()).unwrap()
+    }
+}
+
+fn defaults() -> BTreeMap<Anomaly, Expect> {
+    Anomaly::ALL
+        .into_iter()
+        .map(|a| (a, if a.fails_by_default() { Expect::AtMost(0) } else { Expect::Any }))
+        .collect()
+}
+
+fn only(o: &Outcome, a: Anomaly, n: u64) {
+    for (k, v) in &o.counts {
+        let want = if *k == a { n } else { 0 };
+        assert_eq!(*v, want, "{k}: {:?}", o.examples[k]);
+    }
+}
+
+#[test]
+fn clean_history_is_valid() {
+    let mut h = H::new(5);
+    h.ok("p0-0", 0, 0).ok("p0-1", 1, 0).ok("p1-0", 0, 1);
+    h.drain("p0-0", 0, 0).drain("p1-0", 0, 1).drain("p0-1", 1, 0);
+    let o = h.done();
+    assert_eq!(o.verdict, Verdict::Valid);
+    assert!(o.expectations_met);
+    assert_eq!((o.stats.sent, o.stats.acked, o.stats.drained), (3, 3, 3));
+    for n in o.counts.values() {
+        assert_eq!(*n, 0);
+    }
+}
+
+#[test]
+fn lost_is_listed_with_the_faults_around_its_ack() {
+    let mut h = H::new(5);
+    h.ev("nemesis", EventKind::FaultStart { id: 1, fault: "kill".into(), targets: vec![2], detail: "leader".into() });
+    h.ok("p0-0", 0, 0).ok("p0-1", 0, 1);
+    h.ev("nemesis", EventKind::FaultEnd { id: 1, fault: "kill".into(), targets: vec![2] });
+    h.drain("p0-0", 0, 0);
+    let o = h.done();
+    only(&o, Anomaly::Lost, 1);
+    assert_eq!(o.verdict, Verdict::Invalid);
+    assert!(!o.expectations_met);
+    assert_eq!(o.lost[0].value, "p0-1");
+    assert_eq!((o.lost[0].partition, o.lost[0].offset), (0, 1));
+    assert_eq!(o.lost[0].faults, vec!["kill#1 [2] leader".to_string()]);
+}
+
+#[test]
+fn unexpected_values() {
+    let mut h = H::new(5);
+    h.ok("p0-0", 0, 0);
+    h.invoke("p0-1", 1).ev("p0", EventKind::Fail { value: "p0-1".into(), attempt: 1, error: "refused".into() });
+    h.drain("p0-0", 0, 0).drain("p0-1", 0, 1).drain("p9-9", 0, 2).drain("garbage", 0, 3);
+    only(&h.done(), Anomaly::Unexpected, 3);
+}
+
+#[test]
+fn inconsistent_offset_between_ack_and_drain() {
+    let mut h = H::new(5);
+    h.ok("p0-0", 0, 0).ok("p1-0", 1, 0);
+    h.drain("p1-0", 0, 0);
+    let o = h.done();
+    assert_eq!(o.counts[&Anomaly::InconsistentOffset], 1);
+    assert_eq!(o.examples[&Anomaly::InconsistentOffset][0], "0/0: p0-0 then p1-0 (in drain)");
+    assert_eq!(o.counts[&Anomaly::Lost], 1);
+}
+
+#[test]
+fn duplicates_are_traced_to_retries() {
+    let mut h = H::new(5);
+    h.invoke("p0-0", 1).ev("p0", EventKind::Info { value: "p0-0".into(), attempt: 1, error: "timeout".into() });
+    h.invoke("p0-0", 2).ev("p0", EventKind::Ok { value: "p0-0".into(), attempt: 2, partition: 0, offset: 1 });
+    h.ok("p0-1", 0, 2);
+    h.drain("p0-0", 0, 0).drain("p0-0", 0, 1).drain("p0-1", 0, 2).drain("p0-1", 0, 3);
+    let o = h.done();
+    only(&o, Anomaly::Duplicated, 2);
+    assert_eq!(o.duplicates_by_cause.get("producer-retry"), Some(&1));
+    assert_eq!(o.duplicates_by_cause.get("unexplained"), Some(&1));
+    assert_eq!(o.verdict, Verdict::Valid, "duplicates do not fail by default");
+}
+
+#[test]
+fn redelivered_and_recovered() {
+    let mut h = H::new(5);
+    h.ok("p0-0", 0, 0);
+    h.invoke("p0-1", 1).ev("p0", EventKind::Info { value: "p0-1".into(), attempt: 1, error: "timeout".into() });
+    h.deliver("c0#1", "p0-0", 0, 0).ev("c0#2", EventKind::ConsumerStart).deliver("c0#2", "p0-0", 0, 0);
+    h.drain("p0-0", 0, 0).drain("p0-1", 0, 1);
+    let o = h.done();
+    assert_eq!(o.counts[&Anomaly::Redelivered], 1);
+    assert_eq!(o.counts[&Anomaly::Recovered], 1);
+    assert_eq!(o.stats.indeterminate, 1);
+    assert_eq!(o.verdict, Verdict::Valid);
+}
+
+#[test]
+fn reordered_only_with_one_in_flight() {
+    for (in_flight, want) in [(1, 1), (5, 0)] {
+        let mut h = H::new(in_flight);
+        h.ok("p0-0", 0, 5).ok("p0-1", 0, 3);
+        h.drain("p0-1", 0, 3).drain("p0-0", 0, 5);
+        only(&h.done(), Anomaly::Reordered, want);
+    }
+}
+
+#[test]
+fn skipped_below_the_committed_offset() {
+    let mut h = H::new(5);
+    for i in 0..4 {
+        h.ok(&format!("p0-{i}"), 0, i);
+    }
+    h.deliver("c0#1", "p0-0", 0, 0).deliver("c0#1", "p0-2", 0, 2);
+    h.ev("c0#1", EventKind::Commit { partition: 0, offset: 3 });
+    for i in 0..4 {
+        h.drain(&format!("p0-{i}"), 0, i);
+    }
+    let o = h.done();
+    only(&o, Anomaly::Skipped, 1);
+    assert_eq!(o.examples[&Anomaly::Skipped][0], "0/1 p0-1");
+}
+
+#[test]
+fn nonmonotonic_poll_unless_reassigned() {
+    let mut h = H::new(5);
+    h.ok("p0-0", 0, 0).ok("p0-1", 0, 1);
+    h.deliver("c0#1", "p0-1", 0, 1).deliver("c0#1", "p0-0", 0, 0);
+    h.ev("c0#1", EventKind::Assign { partitions: vec![0] }).deliver("c0#1", "p0-0", 0, 0);
+    h.drain("p0-0", 0, 0).drain("p0-1", 0, 1);
+    let o = h.done();
+    assert_eq!(o.counts[&Anomaly::NonmonotonicPoll], 1);
+    assert_eq!(o.counts[&Anomaly::Redelivered], 1);
+}
+
+#[test]
+fn unfinished_drain_makes_the_verdict_unknown() {
+    let mut h = H::new(5);
+    h.ok("p0-0", 0, 0);
+    h.ev("drain", EventKind::DrainEnd { complete: false, high_watermarks: BTreeMap::new(), error: Some("timed out".into()) });
+    let o = h.check();
+    assert_eq!(o.verdict, Verdict::Unknown);
+    assert!(!o.expectations_met);
+    assert!(o.expectations.iter().all(|e| e.met.is_none()));
+    assert_eq!(o.drain_error.as_deref(), Some("timed out"));
+}
+
+/// A correct run: producers append to partitions in order; a group
+/// processes a prefix of each partition and commits it; the drain reads
+/// everything. Then `lose` acked messages vanish from the drain, `dup`
+/// values are stored twice, and `skip` processed messages are forgotten.
+fn generated(sends: &[(u32, i32)], lose: usize, dup: usize, skip: usize) -> Outcome {
+    let mut h = H::new(5);
+    let mut log: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    let mut seq = BTreeMap::new();
+    for &(producer, partition) in sends {
+        let s = seq.entry(producer).or_insert(0u64);
+        let v = format!("p{producer}-{s}");
+        *s += 1;
+        let entries = log.entry(partition).or_default();
+        h.ok(&v, partition, entries.len() as i64);
+        entries.push(v);
+    }
+    // The group processes the first half of each partition and commits it.
+    let mut skipped = 0;
+    for (p, entries) in &log {
+        let half = entries.len() / 2;
+        for (o, v) in entries.iter().enumerate().take(half) {
+            if skipped < skip {
+                skipped += 1;
+                continue;
+            }
+            h.deliver("c0#1", v, *p, o as i64);
+        }
+        if half > 0 {
+            h.ev("c0#1", EventKind::Commit { partition: *p, offset: half as i64 });
+        }
+    }
+    let mut lost = 0;
+    let mut dups = 0;
+    for (p, entries) in &log {
+        let mut next = entries.len() as i64;
+        for (o, v) in entries.iter().enumerate() {
+            // Lose only messages above the committed half (a skipped or
+            // processed one would count twice).
+            if o >= entries.len() / 2 && lost < lose {
+                lost += 1;
+                continue;
+            }
+            h.drain(v, *p, o as i64);
+            if dups < dup {
+                dups += 1;
+                h.drain(v, *p, next);
+                next += 1;
+            }
+        }
+    }
+    assert_eq!((lost, dups, skipped), (lose, dup, skip), "generator could not inject all");
+    h.done()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn generated_histories_have_exactly_the_injected_anomalies(
+        sends in prop::collection::vec((0u32..4, 0i32..3), 40..200),
+        lose in 0usize..5,
+        dup in 0usize..5,
+        skip in 0usize..5,
+    ) {
+        let o = generated(&sends, lose, dup, skip);
+        prop_assert_eq!(o.counts[&Anomaly::Lost], lose as u64);
+        prop_assert_eq!(o.counts[&Anomaly::Duplicated], dup as u64);
+        prop_assert_eq!(o.counts[&Anomaly::Skipped], skip as u64);
+        for a in [Anomaly::Unexpected, Anomaly::InconsistentOffset, Anomaly::Redelivered, Anomaly::Recovered, Anomaly::Reordered, Anomaly::NonmonotonicPoll] {
+            prop_assert_eq!(o.counts[&a], 0, "{}: {:?}", a, o.examples[&a]);
+        }
+        prop_assert_eq!(o.verdict == Verdict::Valid, lose == 0 && skip == 0);
+        prop_assert_eq!(o.stats.acked, sends.len() as u64);
+    }
+}

@@ -1,0 +1,180 @@
+//! Parsers for the scalar forms plans use: durations ("10s", "1500ms",
+//! "2m"), rates ("2000/s"), ranges ("64..1024", "5s..15s") and fault
+//! targets ("leader", "leader:2", "minority", "nodes:1,3", "2").
+
+use std::time::Duration;
+
+/// Parses "250ms", "10s", "1.5s", "2m", "1h".
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = t
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| t.split_at(i))
+        .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m or h), e.g. \"10s\""))?;
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected a number and a unit, e.g. \"1500ms\""))?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(format!("invalid duration {s:?}: must not be negative"));
+    }
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses "2000/s" or "120/m" into messages per second.
+pub fn rate(s: &str) -> Result<f64, String> {
+    let (n, per) = s
+        .split_once('/')
+        .ok_or_else(|| format!("invalid rate {s:?}: expected N/s, e.g. \"2000/s\""))?;
+    let n: f64 = n.trim().parse().map_err(|_| format!("invalid rate {s:?}: {n:?} is not a number"))?;
+    if !n.is_finite() || n <= 0.0 {
+        return Err(format!("invalid rate {s:?}: must be positive"));
+    }
+    match per.trim() {
+        "s" => Ok(n),
+        "m" => Ok(n / 60.0),
+        other => Err(format!("invalid rate {s:?}: unknown unit /{other} (use /s or /m)")),
+    }
+}
+
+/// Parses "A..B" with both ends inclusive, or a single value as A..A.
+pub fn range<T: PartialOrd + Copy + std::fmt::Debug>(
+    s: &str,
+    one: impl Fn(&str) -> Result<T, String>,
+) -> Result<(T, T), String> {
+    match s.split_once("..") {
+        None => {
+            let v = one(s)?;
+            Ok((v, v))
+        }
+        Some((a, b)) => {
+            let (a, b) = (one(a.trim())?, one(b.trim().trim_start_matches('=').trim())?);
+            if a > b {
+                return Err(format!("invalid range {s:?}: the start is above the end"));
+            }
+            Ok((a, b))
+        }
+    }
+}
+
+/// Whom a fault hits.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// The leader of a partition (the given one, or one drawn from the seed).
+    Leader(Option<i32>),
+    /// A replica of a partition that is not its leader.
+    Follower(Option<i32>),
+    /// One node drawn from the seed.
+    Random,
+    /// A random minority (fewer than half) of the nodes.
+    Minority,
+    /// A random majority of the nodes.
+    Majority,
+    /// Every node.
+    All,
+    /// These node ids.
+    Nodes(Vec<u32>),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Leader(None) => write!(f, "leader"),
+            Target::Leader(Some(p)) => write!(f, "leader:{p}"),
+            Target::Follower(None) => write!(f, "follower"),
+            Target::Follower(Some(p)) => write!(f, "follower:{p}"),
+            Target::Random => write!(f, "random"),
+            Target::Minority => write!(f, "minority"),
+            Target::Majority => write!(f, "majority"),
+            Target::All => write!(f, "all"),
+            Target::Nodes(n) => write!(f, "nodes:{}", n.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
+        }
+    }
+}
+
+/// Parses a target; node ids must be in 1..=nodes.
+pub fn target(s: &str, nodes: u32) -> Result<Target, String> {
+    let node_list = |list: &str| -> Result<Target, String> {
+        let mut ids = Vec::new();
+        for part in list.split(',') {
+            let id: u32 = part
+                .trim()
+                .parse()
+                .map_err(|_| format!("invalid node id {part:?} in target {s:?}"))?;
+            if id == 0 || id > nodes {
+                return Err(format!("target {s:?}: node {id} does not exist (nodes are 1..={nodes})"));
+            }
+            ids.push(id);
+        }
+        Ok(Target::Nodes(ids))
+    };
+    let partition = |p: &str| -> Result<Option<i32>, String> {
+        p.parse::<i32>()
+            .ok()
+            .filter(|&p| p >= 0)
+            .map(Some)
+            .ok_or_else(|| format!("invalid partition {p:?} in target {s:?}"))
+    };
+    match s.trim() {
+        "leader" => Ok(Target::Leader(None)),
+        "follower" => Ok(Target::Follower(None)),
+        "random" => Ok(Target::Random),
+        "minority" => Ok(Target::Minority),
+        "majority" => Ok(Target::Majority),
+        "all" => Ok(Target::All),
+        t => {
+            if let Some(p) = t.strip_prefix("leader:") {
+                return Ok(Target::Leader(partition(p)?));
+            }
+            if let Some(p) = t.strip_prefix("follower:") {
+                return Ok(Target::Follower(partition(p)?));
+            }
+            if let Some(list) = t.strip_prefix("nodes:") {
+                return node_list(list);
+            }
+            if t.chars().all(|c| c.is_ascii_digit() || c == ',') && !t.is_empty() {
+                return node_list(t);
+            }
+            Err(format!(
+                "unknown target {s:?}: use leader, leader:P, follower, random, minority, majority, all, or node ids like 2 or nodes:1,3"
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("0.5s"), Ok(Duration::from_millis(500)));
+        assert!(duration("10").unwrap_err().contains("needs a unit"));
+        assert!(duration("10 seconds").unwrap_err().contains("unknown unit"));
+        assert!(duration("-1s").unwrap_err().contains("negative"));
+    }
+
+    #[test]
+    fn rates_ranges_targets() {
+        assert_eq!(rate("2000/s"), Ok(2000.0));
+        assert_eq!(rate("120/m"), Ok(2.0));
+        assert!(rate("-5/s").unwrap_err().contains("positive"));
+        assert!(rate("fast").unwrap_err().contains("expected N/s"));
+        assert_eq!(range("64..1024", |v| v.parse::<u32>().map_err(|e| e.to_string())), Ok((64, 1024)));
+        assert!(range("9..3", |v| v.parse::<u32>().map_err(|e| e.to_string())).is_err());
+        assert_eq!(target("leader:2", 3), Ok(Target::Leader(Some(2))));
+        assert_eq!(target("1,3", 3), Ok(Target::Nodes(vec![1, 3])));
+        assert!(target("4", 3).unwrap_err().contains("node 4 does not exist"));
+        assert!(target("leaderr", 3).unwrap_err().contains("unknown target"));
+    }
+}
