@@ -6,5 +6,16 @@
 //! `run` wires the stages; `cli` is the command line.
 
 pub mod checker;
+pub mod cli;
+pub mod cluster;
+pub mod doctor;
+pub mod draw;
+pub mod error;
 pub mod history;
+pub mod nemesis;
 pub mod plan;
+pub mod report;
+pub mod run;
+pub mod workload;
+
+pub use error::Error;

@@ -42,7 +42,10 @@ impl Anomaly {
 
     /// Whether the anomaly fails a run unless the plan says otherwise.
     pub fn fails_by_default(self) -> bool {
-        !matches!(self, Anomaly::Duplicated | Anomaly::Redelivered | Anomaly::Recovered)
+        !matches!(
+            self,
+            Anomaly::Duplicated | Anomaly::Redelivered | Anomaly::Recovered
+        )
     }
 
     /// The name used in plans, results and reports.

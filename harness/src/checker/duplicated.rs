@@ -21,10 +21,19 @@ pub fn check(f: &Facts) -> Vec<Duplicate> {
         .iter()
         .filter(|(_, offs)| offs.len() > 1)
         .map(|(v, offs)| {
-            let retried = matches!(v, Value::Id(id) if f.sends.get(id).is_some_and(|s| s.attempts > 1));
+            let retried =
+                matches!(v, Value::Id(id) if f.sends.get(id).is_some_and(|s| s.attempts > 1));
             let mut offsets = offs.clone();
             offsets.sort_unstable();
-            Duplicate { value: v.to_string(), offsets, cause: if retried { "producer-retry" } else { "unexplained" } }
+            Duplicate {
+                value: v.to_string(),
+                offsets,
+                cause: if retried {
+                    "producer-retry"
+                } else {
+                    "unexplained"
+                },
+            }
         })
         .collect();
     out.sort_by(|a, b| a.offsets.cmp(&b.offsets));

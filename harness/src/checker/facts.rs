@@ -105,7 +105,12 @@ impl Facts {
         self.events += 1;
         self.end_time = self.end_time.max(e.t);
         match e.kind {
-            EventKind::Run { plan, seed, max_in_flight, .. } => {
+            EventKind::Run {
+                plan,
+                seed,
+                max_in_flight,
+                ..
+            } => {
                 self.plan = plan;
                 self.seed = seed;
                 self.max_in_flight = max_in_flight;
@@ -115,14 +120,25 @@ impl Facts {
                     self.sends.entry(v).or_default().attempts += 1;
                 }
             }
-            EventKind::Ok { value, partition, offset, .. } => {
+            EventKind::Ok {
+                value,
+                partition,
+                offset,
+                ..
+            } => {
                 if let Some(v) = ValueId::parse(&value) {
                     let s = self.sends.entry(v).or_default();
                     if s.ok.is_none() {
                         s.ok = Some((partition, offset, e.t));
                     }
-                    self.ack_order.entry((v.producer(), partition)).or_default().push(offset);
-                    self.see(partition, offset, Value::Id(v), "ack");
+                    // acks=0 reports no offset (-1): nothing to compare.
+                    if offset >= 0 {
+                        self.ack_order
+                            .entry((v.producer(), partition))
+                            .or_default()
+                            .push(offset);
+                        self.see(partition, offset, Value::Id(v), "ack");
+                    }
                 }
             }
             EventKind::Fail { value, .. } => {
@@ -135,7 +151,11 @@ impl Facts {
                     self.sends.entry(v).or_default().infos += 1;
                 }
             }
-            EventKind::Deliver { partition, offset, value } => {
+            EventKind::Deliver {
+                partition,
+                offset,
+                value,
+            } => {
                 let v = Value::of(&value);
                 *self.deliveries.entry(v.clone()).or_default() += 1;
                 self.processed.insert((partition, offset));
@@ -143,7 +163,12 @@ impl Facts {
                 let key = (e.process, partition);
                 if let Some(&last) = self.last_polled.get(&key) {
                     if offset <= last {
-                        self.backwards.push(Backwards { process: key.0.clone(), partition, from: last, to: offset });
+                        self.backwards.push(Backwards {
+                            process: key.0.clone(),
+                            partition,
+                            from: last,
+                            to: offset,
+                        });
                     }
                 }
                 self.last_polled.insert(key, offset);
@@ -157,21 +182,47 @@ impl Facts {
                 // A new assignment or incarnation may legitimately start over.
                 self.last_polled.retain(|(p, _), _| *p != e.process);
             }
-            EventKind::FaultStart { id, fault, targets, detail } => {
-                self.faults.push(FaultWindow { id, fault, targets, detail, start: e.t, end: None });
+            EventKind::FaultStart {
+                id,
+                fault,
+                targets,
+                detail,
+            } => {
+                self.faults.push(FaultWindow {
+                    id,
+                    fault,
+                    targets,
+                    detail,
+                    start: e.t,
+                    end: None,
+                });
             }
             EventKind::FaultEnd { id, .. } => {
-                if let Some(f) = self.faults.iter_mut().rev().find(|f| f.id == id && f.end.is_none()) {
+                if let Some(f) = self
+                    .faults
+                    .iter_mut()
+                    .rev()
+                    .find(|f| f.id == id && f.end.is_none())
+                {
                     f.end = Some(e.t);
                 }
             }
-            EventKind::Drain { partition, offset, value } => {
+            EventKind::Drain {
+                partition,
+                offset,
+                value,
+            } => {
                 let v = Value::of(&value);
                 self.drain.insert((partition, offset), v.clone());
-                self.drain_by_value.entry(v.clone()).or_default().push((partition, offset));
+                self.drain_by_value
+                    .entry(v.clone())
+                    .or_default()
+                    .push((partition, offset));
                 self.see(partition, offset, v, "drain");
             }
-            EventKind::DrainEnd { complete, error, .. } => {
+            EventKind::DrainEnd {
+                complete, error, ..
+            } => {
                 self.drain_complete = Some(complete);
                 self.drain_error = error;
             }
@@ -186,8 +237,18 @@ impl Facts {
             }
             Some(first) if *first != v => {
                 // One conflict per offset is enough to name it.
-                if !self.conflicts.iter().any(|c| c.partition == partition && c.offset == offset) {
-                    self.conflicts.push(Conflict { partition, offset, first: first.clone(), second: v, seen_in });
+                if !self
+                    .conflicts
+                    .iter()
+                    .any(|c| c.partition == partition && c.offset == offset)
+                {
+                    self.conflicts.push(Conflict {
+                        partition,
+                        offset,
+                        first: first.clone(),
+                        second: v,
+                        seen_in,
+                    });
                 }
             }
             Some(_) => {}
@@ -197,6 +258,9 @@ impl Facts {
     /// Faults whose window overlaps [t - before, t + after].
     pub fn faults_near(&self, t: u64, before: u64, after: u64) -> Vec<&FaultWindow> {
         let (lo, hi) = (t.saturating_sub(before), t + after);
-        self.faults.iter().filter(|f| f.start <= hi && f.end.unwrap_or(u64::MAX) >= lo).collect()
+        self.faults
+            .iter()
+            .filter(|f| f.start <= hi && f.end.unwrap_or(u64::MAX) >= lo)
+            .collect()
     }
 }

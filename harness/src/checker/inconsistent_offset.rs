@@ -7,6 +7,11 @@ use super::facts::Facts;
 pub fn check(f: &Facts) -> Vec<String> {
     f.conflicts
         .iter()
-        .map(|c| format!("{}/{}: {} then {} (in {})", c.partition, c.offset, c.first, c.second, c.seen_in))
+        .map(|c| {
+            format!(
+                "{}/{}: {} then {} (in {})",
+                c.partition, c.offset, c.first, c.second, c.seen_in
+            )
+        })
         .collect()
 }

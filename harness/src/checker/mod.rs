@@ -103,10 +103,25 @@ pub fn evaluate(f: &Facts, expect: &BTreeMap<Anomaly, Expect>) -> Outcome {
     let lost = lost::check(f);
     let dups = duplicated::check(f);
     let mut found: BTreeMap<Anomaly, Vec<String>> = BTreeMap::new();
-    found.insert(Anomaly::Lost, lost.iter().map(|l| format!("{} at {}/{} acked {:.3}s", l.value, l.partition, l.offset, l.acked_at)).collect());
+    found.insert(
+        Anomaly::Lost,
+        lost.iter()
+            .map(|l| {
+                format!(
+                    "{} at {}/{} acked {:.3}s",
+                    l.value, l.partition, l.offset, l.acked_at
+                )
+            })
+            .collect(),
+    );
     found.insert(Anomaly::Unexpected, unexpected::check(f));
     found.insert(Anomaly::InconsistentOffset, inconsistent_offset::check(f));
-    found.insert(Anomaly::Duplicated, dups.iter().map(|d| format!("{} at {:?} ({})", d.value, d.offsets, d.cause)).collect());
+    found.insert(
+        Anomaly::Duplicated,
+        dups.iter()
+            .map(|d| format!("{} at {:?} ({})", d.value, d.offsets, d.cause))
+            .collect(),
+    );
     found.insert(Anomaly::Redelivered, redelivered::check(f));
     found.insert(Anomaly::Recovered, recovered::check(f));
     found.insert(Anomaly::Reordered, reordered::check(f));
@@ -122,10 +137,18 @@ pub fn evaluate(f: &Facts, expect: &BTreeMap<Anomaly, Expect>) -> Outcome {
     let verdict = if !drain_complete {
         // Without a full drain, absent messages prove nothing; only
         // anomalies seen in what was read stand.
-        let seen_invalid = [Anomaly::InconsistentOffset, Anomaly::NonmonotonicPoll, Anomaly::Reordered]
-            .iter()
-            .any(|a| counts[a] > 0);
-        if seen_invalid { Verdict::Invalid } else { Verdict::Unknown }
+        let seen_invalid = [
+            Anomaly::InconsistentOffset,
+            Anomaly::NonmonotonicPoll,
+            Anomaly::Reordered,
+        ]
+        .iter()
+        .any(|a| counts[a] > 0);
+        if seen_invalid {
+            Verdict::Invalid
+        } else {
+            Verdict::Unknown
+        }
     } else if invalid {
         Verdict::Invalid
     } else {
@@ -139,7 +162,11 @@ pub fn evaluate(f: &Facts, expect: &BTreeMap<Anomaly, Expect>) -> Outcome {
                 anomaly: *a,
                 wanted: e.to_string(),
                 got,
-                met: if drain_complete { Some(e.met_by(got)) } else { None },
+                met: if drain_complete {
+                    Some(e.met_by(got))
+                } else {
+                    None
+                },
             }
         })
         .collect();
@@ -148,16 +175,27 @@ pub fn evaluate(f: &Facts, expect: &BTreeMap<Anomaly, Expect>) -> Outcome {
         sent: f.sends.len() as u64,
         attempts: f.sends.values().map(|s| u64::from(s.attempts)).sum(),
         acked: f.sends.values().filter(|s| s.ok.is_some()).count() as u64,
-        failed: f.sends.values().filter(|s| s.ok.is_none() && s.infos == 0 && s.fails > 0).count() as u64,
-        indeterminate: f.sends.values().filter(|s| s.ok.is_none() && s.infos > 0).count() as u64,
+        failed: f
+            .sends
+            .values()
+            .filter(|s| s.ok.is_none() && s.infos == 0 && s.fails > 0)
+            .count() as u64,
+        indeterminate: f
+            .sends
+            .values()
+            .filter(|s| s.ok.is_none() && s.infos > 0)
+            .count() as u64,
         delivered: f.delivered_total,
         drained: f.drain.len() as u64,
         events: f.events,
     };
-    let examples = found.into_iter().map(|(a, mut v)| {
-        v.truncate(EXAMPLES);
-        (a, v)
-    }).collect();
+    let examples = found
+        .into_iter()
+        .map(|(a, mut v)| {
+            v.truncate(EXAMPLES);
+            (a, v)
+        })
+        .collect();
     Outcome {
         verdict,
         drain_complete,

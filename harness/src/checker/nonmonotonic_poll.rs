@@ -7,6 +7,11 @@ use super::facts::Facts;
 pub fn check(f: &Facts) -> Vec<String> {
     f.backwards
         .iter()
-        .map(|b| format!("{} partition {}: offset {} after {}", b.process, b.partition, b.to, b.from))
+        .map(|b| {
+            format!(
+                "{} partition {}: offset {} after {}",
+                b.process, b.partition, b.to, b.from
+            )
+        })
         .collect()
 }

@@ -8,7 +8,9 @@ pub fn check(f: &Facts) -> Vec<String> {
     let mut out: Vec<String> = f
         .sends
         .iter()
-        .filter(|(v, s)| s.ok.is_none() && s.infos > 0 && f.drain_by_value.contains_key(&Value::Id(**v)))
+        .filter(|(v, s)| {
+            s.ok.is_none() && s.infos > 0 && f.drain_by_value.contains_key(&Value::Id(**v))
+        })
         .map(|(v, _)| v.to_string())
         .collect();
     out.sort();

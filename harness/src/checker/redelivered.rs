@@ -5,7 +5,12 @@ use super::facts::Facts;
 
 /// Values processed more than once, with the count.
 pub fn check(f: &Facts) -> Vec<String> {
-    let mut out: Vec<String> = f.deliveries.iter().filter(|(_, n)| **n > 1).map(|(v, n)| format!("{v} x{n}")).collect();
+    let mut out: Vec<String> = f
+        .deliveries
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(v, n)| format!("{v} x{n}"))
+        .collect();
     out.sort();
     out
 }

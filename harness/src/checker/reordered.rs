@@ -16,7 +16,10 @@ pub fn check(f: &Facts) -> Vec<String> {
         let mut max = i64::MIN;
         for &o in &f.ack_order[key] {
             if o < max {
-                out.push(format!("p{} partition {}: offset {o} acked after {max}", key.0, key.1));
+                out.push(format!(
+                    "p{} partition {}: offset {o} acked after {max}",
+                    key.0, key.1
+                ));
             }
             max = max.max(o);
         }

@@ -9,9 +9,13 @@ pub fn check(f: &Facts) -> Vec<String> {
     let mut out: Vec<(i32, i64, String)> = f
         .drain
         .iter()
-        .filter(|((p, o), _)| f.committed.get(p).is_some_and(|&c| *o < c) && !f.processed.contains(&(*p, *o)))
+        .filter(|((p, o), _)| {
+            f.committed.get(p).is_some_and(|&c| *o < c) && !f.processed.contains(&(*p, *o))
+        })
         .map(|((p, o), v)| (*p, *o, v.to_string()))
         .collect();
     out.sort();
-    out.into_iter().map(|(p, o, v)| format!("{p}/{o} {v}")).collect()
+    out.into_iter()
+        .map(|(p, o, v)| format!("{p}/{o} {v}"))
+        .collect()
 }

@@ -17,31 +17,79 @@ struct H {
 impl H {
     fn new(max_in_flight: u32) -> Self {
         let mut h = H::default();
-        h.ev("harness", EventKind::Run { plan: "t".into(), seed: 1, partitions: 3, max_in_flight, retries: 2 });
+        h.ev(
+            "harness",
+            EventKind::Run {
+                plan: "t".into(),
+                seed: 1,
+                partitions: 3,
+                max_in_flight,
+                retries: 2,
+            },
+        );
         h
     }
     fn ev(&mut self, process: &str, kind: EventKind) -> &mut Self {
         self.t += 1000;
-        self.events.push(Event { t: self.t, process: process.into(), kind });
+        self.events.push(Event {
+            t: self.t,
+            process: process.into(),
+            kind,
+        });
         self
     }
     fn invoke(&mut self, v: &str, attempt: u32) -> &mut Self {
         let p = v.split('-').next().unwrap().to_string();
-        self.ev(&p, EventKind::Invoke { value: v.into(), attempt })
+        self.ev(
+            &p,
+            EventKind::Invoke {
+                value: v.into(),
+                attempt,
+            },
+        )
     }
     fn ok(&mut self, v: &str, partition: i32, offset: i64) -> &mut Self {
         self.invoke(v, 1);
         let p = v.split('-').next().unwrap().to_string();
-        self.ev(&p, EventKind::Ok { value: v.into(), attempt: 1, partition, offset })
+        self.ev(
+            &p,
+            EventKind::Ok {
+                value: v.into(),
+                attempt: 1,
+                partition,
+                offset,
+            },
+        )
     }
     fn drain(&mut self, v: &str, partition: i32, offset: i64) -> &mut Self {
-        self.ev("drain", EventKind::Drain { partition, offset, value: v.into() })
+        self.ev(
+            "drain",
+            EventKind::Drain {
+                partition,
+                offset,
+                value: v.into(),
+            },
+        )
     }
     fn deliver(&mut self, c: &str, v: &str, partition: i32, offset: i64) -> &mut Self {
-        self.ev(c, EventKind::Deliver { partition, offset, value: v.into() })
+        self.ev(
+            c,
+            EventKind::Deliver {
+                partition,
+                offset,
+                value: v.into(),
+            },
+        )
     }
     fn done(&mut self) -> Outcome {
-        self.ev("drain", EventKind::DrainEnd { complete: true, high_watermarks: BTreeMap::new(), error: None });
+        self.ev(
+            "drain",
+            EventKind::DrainEnd {
+                complete: true,
+                high_watermarks: BTreeMap::new(),
+                error: None,
+            },
+        );
         self.check()
     }
     fn check(&self) -> Outcome {
@@ -52,7 +100,16 @@ impl H {
 fn defaults() -> BTreeMap<Anomaly, Expect> {
     Anomaly::ALL
         .into_iter()
-        .map(|a| (a, if a.fails_by_default() { Expect::AtMost(0) } else { Expect::Any }))
+        .map(|a| {
+            (
+                a,
+                if a.fails_by_default() {
+                    Expect::AtMost(0)
+                } else {
+                    Expect::Any
+                },
+            )
+        })
         .collect()
 }
 
@@ -67,7 +124,9 @@ fn only(o: &Outcome, a: Anomaly, n: u64) {
 fn clean_history_is_valid() {
     let mut h = H::new(5);
     h.ok("p0-0", 0, 0).ok("p0-1", 1, 0).ok("p1-0", 0, 1);
-    h.drain("p0-0", 0, 0).drain("p1-0", 0, 1).drain("p0-1", 1, 0);
+    h.drain("p0-0", 0, 0)
+        .drain("p1-0", 0, 1)
+        .drain("p0-1", 1, 0);
     let o = h.done();
     assert_eq!(o.verdict, Verdict::Valid);
     assert!(o.expectations_met);
@@ -80,9 +139,24 @@ fn clean_history_is_valid() {
 #[test]
 fn lost_is_listed_with_the_faults_around_its_ack() {
     let mut h = H::new(5);
-    h.ev("nemesis", EventKind::FaultStart { id: 1, fault: "kill".into(), targets: vec![2], detail: "leader".into() });
+    h.ev(
+        "nemesis",
+        EventKind::FaultStart {
+            id: 1,
+            fault: "kill".into(),
+            targets: vec![2],
+            detail: "leader".into(),
+        },
+    );
     h.ok("p0-0", 0, 0).ok("p0-1", 0, 1);
-    h.ev("nemesis", EventKind::FaultEnd { id: 1, fault: "kill".into(), targets: vec![2] });
+    h.ev(
+        "nemesis",
+        EventKind::FaultEnd {
+            id: 1,
+            fault: "kill".into(),
+            targets: vec![2],
+        },
+    );
     h.drain("p0-0", 0, 0);
     let o = h.done();
     only(&o, Anomaly::Lost, 1);
@@ -97,8 +171,18 @@ fn lost_is_listed_with_the_faults_around_its_ack() {
 fn unexpected_values() {
     let mut h = H::new(5);
     h.ok("p0-0", 0, 0);
-    h.invoke("p0-1", 1).ev("p0", EventKind::Fail { value: "p0-1".into(), attempt: 1, error: "refused".into() });
-    h.drain("p0-0", 0, 0).drain("p0-1", 0, 1).drain("p9-9", 0, 2).drain("garbage", 0, 3);
+    h.invoke("p0-1", 1).ev(
+        "p0",
+        EventKind::Fail {
+            value: "p0-1".into(),
+            attempt: 1,
+            error: "refused".into(),
+        },
+    );
+    h.drain("p0-0", 0, 0)
+        .drain("p0-1", 0, 1)
+        .drain("p9-9", 0, 2)
+        .drain("garbage", 0, 3);
     only(&h.done(), Anomaly::Unexpected, 3);
 }
 
@@ -109,30 +193,64 @@ fn inconsistent_offset_between_ack_and_drain() {
     h.drain("p1-0", 0, 0);
     let o = h.done();
     assert_eq!(o.counts[&Anomaly::InconsistentOffset], 1);
-    assert_eq!(o.examples[&Anomaly::InconsistentOffset][0], "0/0: p0-0 then p1-0 (in drain)");
+    assert_eq!(
+        o.examples[&Anomaly::InconsistentOffset][0],
+        "0/0: p0-0 then p1-0 (in drain)"
+    );
     assert_eq!(o.counts[&Anomaly::Lost], 1);
 }
 
 #[test]
 fn duplicates_are_traced_to_retries() {
     let mut h = H::new(5);
-    h.invoke("p0-0", 1).ev("p0", EventKind::Info { value: "p0-0".into(), attempt: 1, error: "timeout".into() });
-    h.invoke("p0-0", 2).ev("p0", EventKind::Ok { value: "p0-0".into(), attempt: 2, partition: 0, offset: 1 });
+    h.invoke("p0-0", 1).ev(
+        "p0",
+        EventKind::Info {
+            value: "p0-0".into(),
+            attempt: 1,
+            error: "timeout".into(),
+        },
+    );
+    h.invoke("p0-0", 2).ev(
+        "p0",
+        EventKind::Ok {
+            value: "p0-0".into(),
+            attempt: 2,
+            partition: 0,
+            offset: 1,
+        },
+    );
     h.ok("p0-1", 0, 2);
-    h.drain("p0-0", 0, 0).drain("p0-0", 0, 1).drain("p0-1", 0, 2).drain("p0-1", 0, 3);
+    h.drain("p0-0", 0, 0)
+        .drain("p0-0", 0, 1)
+        .drain("p0-1", 0, 2)
+        .drain("p0-1", 0, 3);
     let o = h.done();
     only(&o, Anomaly::Duplicated, 2);
     assert_eq!(o.duplicates_by_cause.get("producer-retry"), Some(&1));
     assert_eq!(o.duplicates_by_cause.get("unexplained"), Some(&1));
-    assert_eq!(o.verdict, Verdict::Valid, "duplicates do not fail by default");
+    assert_eq!(
+        o.verdict,
+        Verdict::Valid,
+        "duplicates do not fail by default"
+    );
 }
 
 #[test]
 fn redelivered_and_recovered() {
     let mut h = H::new(5);
     h.ok("p0-0", 0, 0);
-    h.invoke("p0-1", 1).ev("p0", EventKind::Info { value: "p0-1".into(), attempt: 1, error: "timeout".into() });
-    h.deliver("c0#1", "p0-0", 0, 0).ev("c0#2", EventKind::ConsumerStart).deliver("c0#2", "p0-0", 0, 0);
+    h.invoke("p0-1", 1).ev(
+        "p0",
+        EventKind::Info {
+            value: "p0-1".into(),
+            attempt: 1,
+            error: "timeout".into(),
+        },
+    );
+    h.deliver("c0#1", "p0-0", 0, 0)
+        .ev("c0#2", EventKind::ConsumerStart)
+        .deliver("c0#2", "p0-0", 0, 0);
     h.drain("p0-0", 0, 0).drain("p0-1", 0, 1);
     let o = h.done();
     assert_eq!(o.counts[&Anomaly::Redelivered], 1);
@@ -157,8 +275,15 @@ fn skipped_below_the_committed_offset() {
     for i in 0..4 {
         h.ok(&format!("p0-{i}"), 0, i);
     }
-    h.deliver("c0#1", "p0-0", 0, 0).deliver("c0#1", "p0-2", 0, 2);
-    h.ev("c0#1", EventKind::Commit { partition: 0, offset: 3 });
+    h.deliver("c0#1", "p0-0", 0, 0)
+        .deliver("c0#1", "p0-2", 0, 2);
+    h.ev(
+        "c0#1",
+        EventKind::Commit {
+            partition: 0,
+            offset: 3,
+        },
+    );
     for i in 0..4 {
         h.drain(&format!("p0-{i}"), 0, i);
     }
@@ -171,8 +296,15 @@ fn skipped_below_the_committed_offset() {
 fn nonmonotonic_poll_unless_reassigned() {
     let mut h = H::new(5);
     h.ok("p0-0", 0, 0).ok("p0-1", 0, 1);
-    h.deliver("c0#1", "p0-1", 0, 1).deliver("c0#1", "p0-0", 0, 0);
-    h.ev("c0#1", EventKind::Assign { partitions: vec![0] }).deliver("c0#1", "p0-0", 0, 0);
+    h.deliver("c0#1", "p0-1", 0, 1)
+        .deliver("c0#1", "p0-0", 0, 0);
+    h.ev(
+        "c0#1",
+        EventKind::Assign {
+            partitions: vec![0],
+        },
+    )
+    .deliver("c0#1", "p0-0", 0, 0);
     h.drain("p0-0", 0, 0).drain("p0-1", 0, 1);
     let o = h.done();
     assert_eq!(o.counts[&Anomaly::NonmonotonicPoll], 1);
@@ -183,7 +315,14 @@ fn nonmonotonic_poll_unless_reassigned() {
 fn unfinished_drain_makes_the_verdict_unknown() {
     let mut h = H::new(5);
     h.ok("p0-0", 0, 0);
-    h.ev("drain", EventKind::DrainEnd { complete: false, high_watermarks: BTreeMap::new(), error: Some("timed out".into()) });
+    h.ev(
+        "drain",
+        EventKind::DrainEnd {
+            complete: false,
+            high_watermarks: BTreeMap::new(),
+            error: Some("timed out".into()),
+        },
+    );
     let o = h.check();
     assert_eq!(o.verdict, Verdict::Unknown);
     assert!(!o.expectations_met);
@@ -219,7 +358,13 @@ fn generated(sends: &[(u32, i32)], lose: usize, dup: usize, skip: usize) -> Outc
             h.deliver("c0#1", v, *p, o as i64);
         }
         if half > 0 {
-            h.ev("c0#1", EventKind::Commit { partition: *p, offset: half as i64 });
+            h.ev(
+                "c0#1",
+                EventKind::Commit {
+                    partition: *p,
+                    offset: half as i64,
+                },
+            );
         }
     }
     let mut lost = 0;
@@ -241,7 +386,11 @@ fn generated(sends: &[(u32, i32)], lose: usize, dup: usize, skip: usize) -> Outc
             }
         }
     }
-    assert_eq!((lost, dups, skipped), (lose, dup, skip), "generator could not inject all");
+    assert_eq!(
+        (lost, dups, skipped),
+        (lose, dup, skip),
+        "generator could not inject all"
+    );
     h.done()
 }
 

@@ -31,17 +31,40 @@ pub struct Event {
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum EventKind {
     /// The first line: what the checker needs to know about the run.
-    Run { plan: String, seed: u64, partitions: i32, max_in_flight: u32, retries: u32 },
+    Run {
+        plan: String,
+        seed: u64,
+        partitions: i32,
+        max_in_flight: u32,
+        retries: u32,
+    },
     /// A send attempt starts.
     Invoke { value: String, attempt: u32 },
     /// The attempt was acknowledged at this partition and offset.
-    Ok { value: String, attempt: u32, partition: i32, offset: i64 },
+    Ok {
+        value: String,
+        attempt: u32,
+        partition: i32,
+        offset: i64,
+    },
     /// The attempt definitely did not write the value.
-    Fail { value: String, attempt: u32, error: String },
+    Fail {
+        value: String,
+        attempt: u32,
+        error: String,
+    },
     /// The attempt's outcome is unknown (timeout, connection lost).
-    Info { value: String, attempt: u32, error: String },
+    Info {
+        value: String,
+        attempt: u32,
+        error: String,
+    },
     /// A consumer processed this message.
-    Deliver { partition: i32, offset: i64, value: String },
+    Deliver {
+        partition: i32,
+        offset: i64,
+        value: String,
+    },
     /// A consumer's commit of `offset` (the next offset to read) succeeded.
     Commit { partition: i32, offset: i64 },
     /// A consumer was (re)assigned these partitions: positions may reset.
@@ -51,13 +74,31 @@ pub enum EventKind {
     /// A consumer incarnation was killed mid-batch (no commit, no close).
     ConsumerCrash,
     /// A fault began.
-    FaultStart { id: u32, fault: String, targets: Vec<u32>, detail: String },
+    FaultStart {
+        id: u32,
+        fault: String,
+        targets: Vec<u32>,
+        detail: String,
+    },
     /// A fault's inverse completed.
-    FaultEnd { id: u32, fault: String, targets: Vec<u32> },
+    FaultEnd {
+        id: u32,
+        fault: String,
+        targets: Vec<u32>,
+    },
     /// A message read by the final drain.
-    Drain { partition: i32, offset: i64, value: String },
+    Drain {
+        partition: i32,
+        offset: i64,
+        value: String,
+    },
     /// The drain finished (or gave up).
-    DrainEnd { complete: bool, high_watermarks: BTreeMap<i32, i64>, error: Option<String> },
+    /// (Map keys are partition numbers as text: JSON keys are strings.)
+    DrainEnd {
+        complete: bool,
+        high_watermarks: BTreeMap<String, i64>,
+        error: Option<String>,
+    },
     /// Anything the harness itself wants on record.
     Note { message: String },
 }
@@ -96,9 +137,17 @@ impl std::fmt::Display for ValueId {
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error("{verb} {}: {source}", path.display())]
-    Io { verb: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        verb: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}:{line}: not a history event: {source}", path.display())]
-    Parse { path: PathBuf, line: usize, source: serde_json::Error },
+    Parse {
+        path: PathBuf,
+        line: usize,
+        source: serde_json::Error,
+    },
 }
 
 /// Appends events to `history.jsonl`; cheap to clone and share.
@@ -117,9 +166,17 @@ struct Writer {
 impl History {
     /// Creates the file.
     pub fn create(path: &Path) -> Result<History, HistoryError> {
-        let file = File::create(path).map_err(|source| HistoryError::Io { verb: "create", path: path.into(), source })?;
+        let file = File::create(path).map_err(|source| HistoryError::Io {
+            verb: "create",
+            path: path.into(),
+            source,
+        })?;
         Ok(History {
-            inner: Arc::new(Mutex::new(Writer { out: BufWriter::with_capacity(1 << 16, file), path: path.into(), error: None })),
+            inner: Arc::new(Mutex::new(Writer {
+                out: BufWriter::with_capacity(1 << 16, file),
+                path: path.into(),
+                error: None,
+            })),
             start: Instant::now(),
         })
     }
@@ -131,9 +188,15 @@ impl History {
 
     /// Records an event now.
     pub fn record(&self, process: &str, kind: EventKind) {
-        let event = Event { t: self.now(), process: process.to_string(), kind };
+        let event = Event {
+            t: self.now(),
+            process: process.to_string(),
+            kind,
+        };
         let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let result = serde_json::to_writer(&mut w.out, &event).map_err(std::io::Error::from).and_then(|_| w.out.write_all(b"\n"));
+        let result = serde_json::to_writer(&mut w.out, &event)
+            .map_err(std::io::Error::from)
+            .and_then(|_| w.out.write_all(b"\n"));
         if let Err(e) = result {
             if w.error.is_none() {
                 w.error = Some(format!("write {}: {e}", w.path.display()));
@@ -144,7 +207,10 @@ impl History {
     /// Flushes buffered events; reports the first write error, if any.
     pub fn flush(&self) -> Result<(), String> {
         let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let flushed = w.out.flush().map_err(|e| format!("flush {}: {e}", w.path.display()));
+        let flushed = w
+            .out
+            .flush()
+            .map_err(|e| format!("flush {}: {e}", w.path.display()));
         match w.error.take() {
             Some(e) => Err(e),
             None => flushed,
@@ -153,19 +219,40 @@ impl History {
 }
 
 /// Reads a stored history line by line.
-pub fn read(path: &Path) -> Result<impl Iterator<Item = Result<Event, HistoryError>>, HistoryError> {
-    let file = File::open(path).map_err(|source| HistoryError::Io { verb: "open", path: path.into(), source })?;
+pub fn read(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<Event, HistoryError>>, HistoryError> {
+    let file = File::open(path).map_err(|source| HistoryError::Io {
+        verb: "open",
+        path: path.into(),
+        source,
+    })?;
     let path = path.to_path_buf();
-    Ok(BufReader::with_capacity(1 << 16, file).lines().enumerate().filter_map(move |(i, line)| {
-        let line = match line {
-            Ok(l) => l,
-            Err(source) => return Some(Err(HistoryError::Io { verb: "read", path: path.clone(), source })),
-        };
-        if line.trim().is_empty() {
-            return None;
-        }
-        Some(serde_json::from_str(&line).map_err(|source| HistoryError::Parse { path: path.clone(), line: i + 1, source }))
-    }))
+    Ok(BufReader::with_capacity(1 << 16, file)
+        .lines()
+        .enumerate()
+        .filter_map(move |(i, line)| {
+            let line = match line {
+                Ok(l) => l,
+                Err(source) => {
+                    return Some(Err(HistoryError::Io {
+                        verb: "read",
+                        path: path.clone(),
+                        source,
+                    }))
+                }
+            };
+            if line.trim().is_empty() {
+                return None;
+            }
+            Some(
+                serde_json::from_str(&line).map_err(|source| HistoryError::Parse {
+                    path: path.clone(),
+                    line: i + 1,
+                    source,
+                }),
+            )
+        }))
 }
 
 #[cfg(test)]
@@ -177,15 +264,51 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.jsonl");
         let h = History::create(&path).unwrap();
-        h.record("p0", EventKind::Invoke { value: "p0-1".into(), attempt: 1 });
-        h.record("p0", EventKind::Ok { value: "p0-1".into(), attempt: 1, partition: 2, offset: 7 });
-        h.record("nemesis", EventKind::FaultStart { id: 1, fault: "kill".into(), targets: vec![1], detail: "leader".into() });
+        h.record(
+            "p0",
+            EventKind::Invoke {
+                value: "p0-1".into(),
+                attempt: 1,
+            },
+        );
+        h.record(
+            "p0",
+            EventKind::Ok {
+                value: "p0-1".into(),
+                attempt: 1,
+                partition: 2,
+                offset: 7,
+            },
+        );
+        h.record(
+            "nemesis",
+            EventKind::FaultStart {
+                id: 1,
+                fault: "kill".into(),
+                targets: vec![1],
+                detail: "leader".into(),
+            },
+        );
         h.flush().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.lines().nth(1).unwrap().contains(r#""type":"ok","value":"p0-1","attempt":1,"partition":2,"offset":7"#), "{text}");
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .contains(r#""type":"ok","value":"p0-1","attempt":1,"partition":2,"offset":7"#),
+            "{text}"
+        );
         let events: Vec<Event> = read(&path).unwrap().collect::<Result<_, _>>().unwrap();
         assert_eq!(events.len(), 3);
-        assert_eq!(events[1].kind, EventKind::Ok { value: "p0-1".into(), attempt: 1, partition: 2, offset: 7 });
+        assert_eq!(
+            events[1].kind,
+            EventKind::Ok {
+                value: "p0-1".into(),
+                attempt: 1,
+                partition: 2,
+                offset: 7
+            }
+        );
         assert!(events[0].t <= events[2].t);
     }
 

@@ -40,7 +40,9 @@ enum Step<'a> {
 fn split_path(path: &str) -> Vec<Step<'_>> {
     let mut out = Vec::new();
     for part in path.split('.') {
-        let (key, rest) = part.split_once('[').map_or((part, None), |(k, r)| (k, Some(r)));
+        let (key, rest) = part
+            .split_once('[')
+            .map_or((part, None), |(k, r)| (k, Some(r)));
         if !key.is_empty() {
             out.push(Step::Key(key));
         }
@@ -73,14 +75,17 @@ fn find_key(text: &str, from: usize, key: &str, parent_col: Option<usize>) -> Op
         search = at + key.len();
         let before = text[..at].chars().next_back();
         let after = text[at + key.len()..].trim_start_matches([' ', '\t']);
-        let boundary = before.is_none_or(|c| c == ' ' || c == '{' || c == ',' || c == '\n' || c == '-' || c == '"');
+        let boundary = before
+            .is_none_or(|c| c == ' ' || c == '{' || c == ',' || c == '\n' || c == '-' || c == '"');
         let is_key = after.starts_with(':') || after.starts_with("\":");
         if !(boundary && is_key) {
             continue;
         }
         // A key at a column not deeper than its parent's belongs elsewhere.
         let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
-        let first_on_line = text[line_start..at].trim_start_matches([' ', '-']).is_empty();
+        let first_on_line = text[line_start..at]
+            .trim_start_matches([' ', '-'])
+            .is_empty();
         if let (Some(pc), true) = (parent_col, first_on_line) {
             if column_of(text, at) <= pc {
                 return None;
@@ -98,7 +103,9 @@ fn find_item(text: &str, from: usize, i: usize) -> Option<usize> {
     let mut count = 0;
     let mut line_start = text[..from].rfind('\n').map_or(0, |p| p + 1);
     while line_start < text.len() {
-        let line_end = text[line_start..].find('\n').map_or(text.len(), |p| line_start + p);
+        let line_end = text[line_start..]
+            .find('\n')
+            .map_or(text.len(), |p| line_start + p);
         let line = &text[line_start..line_end];
         let trimmed = line.trim_start();
         let c = line.len() - trimmed.len();

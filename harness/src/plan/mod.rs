@@ -246,7 +246,8 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, path: &str, message: impl Into<String>) -> PlanError {
-        let (line, column) = locate::locate(self.text, path).map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        let (line, column) =
+            locate::locate(self.text, path).map_or((None, None), |(l, c)| (Some(l), Some(c)));
         PlanError {
             file: self.file.to_path_buf(),
             line,
@@ -279,11 +280,17 @@ impl Plan {
             let inner = e.into_inner();
             let (line, column) = match inner.location() {
                 Some(l) => (Some(l.line()), Some(l.column())),
-                None => locate::locate(text, &path).map_or((None, None), |(l, c)| (Some(l), Some(c))),
+                None => {
+                    locate::locate(text, &path).map_or((None, None), |(l, c)| (Some(l), Some(c)))
+                }
             };
             let message = inner.to_string();
             // serde_yaml appends " at line L column C"; the prefix says it already.
-            let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+            let message = message
+                .split(" at line ")
+                .next()
+                .unwrap_or(&message)
+                .to_string();
             PlanError {
                 file: file.to_path_buf(),
                 line,
@@ -304,7 +311,12 @@ fn dur_range(ctx: &Ctx, path: &str, s: &str) -> Result<(Duration, Duration), Pla
     value::range(s, value::duration).map_err(|m| ctx.err(path, m))
 }
 
-fn actions_of(ctx: &Ctx, path: &str, a: &RawAction, nodes: u32) -> Result<Option<FaultAction>, PlanError> {
+fn actions_of(
+    ctx: &Ctx,
+    path: &str,
+    a: &RawAction,
+    nodes: u32,
+) -> Result<Option<FaultAction>, PlanError> {
     let mut set: Vec<(&str, &Scalar)> = Vec::new();
     let fields: [(&str, &Option<Scalar>); 10] = [
         ("kill", &a.kill),
@@ -344,10 +356,18 @@ fn actions_of(ctx: &Ctx, path: &str, a: &RawAction, nodes: u32) -> Result<Option
                     Scalar::Int(n) if *n >= 1 => *n as u32,
                     _ => return Err(ctx.err(&kpath, format!("consumer-crash takes how many consumers crash (a number >= 1), not {v}"))),
                 };
-                return Ok(Some(FaultAction { kind, target: Target::All, consumers: n }));
+                return Ok(Some(FaultAction {
+                    kind,
+                    target: Target::All,
+                    consumers: n,
+                }));
             }
             let target = value::target(&v.to_string(), nodes).map_err(|m| ctx.err(&kpath, m))?;
-            Ok(Some(FaultAction { kind, target, consumers: 0 }))
+            Ok(Some(FaultAction {
+                kind,
+                target,
+                consumers: 0,
+            }))
         }
         many => Err(ctx.err(
             path,
@@ -361,7 +381,9 @@ fn actions_of(ctx: &Ctx, path: &str, a: &RawAction, nodes: u32) -> Result<Option
 }
 
 fn expectation(ctx: &Ctx, path: &str, v: &Scalar) -> Result<Expect, PlanError> {
-    let bad = || ctx.err(path, format!("invalid expectation {v:?}: use a count (at most), \">0\" or \">=N\" (at least), or any"));
+    let bad = || {
+        ctx.err(path, format!("invalid expectation {v:?}: use a count (at most), \">0\" or \">=N\" (at least), or any"))
+    };
     match v {
         Scalar::Int(n) if *n >= 0 => Ok(Expect::AtMost(*n as u64)),
         Scalar::Str(s) if s == "any" => Ok(Expect::Any),
@@ -370,7 +392,10 @@ fn expectation(ctx: &Ctx, path: &str, v: &Scalar) -> Result<Expect, PlanError> {
             if let Some(n) = s.strip_prefix(">=") {
                 n.trim().parse().map(Expect::AtLeast).map_err(|_| bad())
             } else if let Some(n) = s.strip_prefix('>') {
-                n.trim().parse::<u64>().map(|n| Expect::AtLeast(n + 1)).map_err(|_| bad())
+                n.trim()
+                    .parse::<u64>()
+                    .map(|n| Expect::AtLeast(n + 1))
+                    .map_err(|_| bad())
             } else if let Some(n) = s.strip_prefix("<=") {
                 n.trim().parse().map(Expect::AtMost).map_err(|_| bad())
             } else {
@@ -383,8 +408,18 @@ fn expectation(ctx: &Ctx, path: &str, v: &Scalar) -> Result<Expect, PlanError> {
 
 fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
     let name = raw.name.trim().to_string();
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(ctx.err("name", format!("invalid name {:?}: use letters, digits, '-', '_' and '.'", raw.name)));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(ctx.err(
+            "name",
+            format!(
+                "invalid name {:?}: use letters, digits, '-', '_' and '.'",
+                raw.name
+            ),
+        ));
     }
     let duration = dur(ctx, "duration", &raw.duration)?;
     if duration < Duration::from_secs(1) {
@@ -393,72 +428,143 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
 
     // cluster
     let c = raw.cluster;
-    let broker = match c.broker.as_deref().unwrap_or("builtin") {
-        "builtin" => BrokerKind::Builtin,
-        "custom" => BrokerKind::Custom,
-        "nats" => return Err(ctx.err("cluster.broker", "broker nats is not available in this version of unlost (use builtin or custom)")),
-        other => return Err(ctx.err("cluster.broker", format!("unknown broker {other:?}: use builtin or custom"))),
-    };
+    let broker =
+        match c.broker.as_deref().unwrap_or("builtin") {
+            "builtin" => BrokerKind::Builtin,
+            "custom" => BrokerKind::Custom,
+            "nats" => return Err(ctx.err(
+                "cluster.broker",
+                "broker nats is not available in this version of unlost (use builtin or custom)",
+            )),
+            other => {
+                return Err(ctx.err(
+                    "cluster.broker",
+                    format!("unknown broker {other:?}: use builtin or custom"),
+                ))
+            }
+        };
     let nodes = c.nodes.unwrap_or(3);
     if !(1..=9).contains(&nodes) {
         return Err(ctx.err("cluster.nodes", format!("{nodes} nodes: use 1 to 9")));
     }
-    let settings: BTreeMap<String, String> = c.settings.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+    let settings: BTreeMap<String, String> = c
+        .settings
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
     if broker == BrokerKind::Builtin {
         for (k, v) in &settings {
             let path = format!("cluster.settings.{k}");
             match k.as_str() {
                 "flush" => {
                     let ok = v == "always"
-                        || v.split_once(':').is_some_and(|(kind, n)| (kind == "ms" || kind == "messages") && n.parse::<u64>().is_ok_and(|n| n > 0));
+                        || v.split_once(':').is_some_and(|(kind, n)| {
+                            (kind == "ms" || kind == "messages")
+                                && n.parse::<u64>().is_ok_and(|n| n > 0)
+                        });
                     if !ok {
-                        return Err(ctx.err(&path, format!("invalid flush {v:?}: use always, messages:N or ms:N")));
+                        return Err(ctx.err(
+                            &path,
+                            format!("invalid flush {v:?}: use always, messages:N or ms:N"),
+                        ));
                     }
                 }
                 "segment_bytes" => {
                     if !v.parse::<u64>().is_ok_and(|n| n >= 1024) {
-                        return Err(ctx.err(&path, format!("invalid segment_bytes {v:?}: a number >= 1024")));
+                        return Err(ctx.err(
+                            &path,
+                            format!("invalid segment_bytes {v:?}: a number >= 1024"),
+                        ));
                     }
                 }
-                other => return Err(ctx.err(&path, format!("unknown builtin broker setting {other:?} (known: flush, segment_bytes)"))),
+                other => return Err(ctx.err(
+                    &path,
+                    format!(
+                        "unknown builtin broker setting {other:?} (known: flush, segment_bytes)"
+                    ),
+                )),
             }
         }
     }
     let recipe = match (&broker, c.recipe) {
-        (BrokerKind::Custom, None) => return Err(ctx.err("cluster.recipe", "broker custom needs a recipe with a command")),
-        (BrokerKind::Builtin, Some(_)) => return Err(ctx.err("cluster.recipe", "a recipe is only for broker: custom")),
+        (BrokerKind::Custom, None) => {
+            return Err(ctx.err(
+                "cluster.recipe",
+                "broker custom needs a recipe with a command",
+            ))
+        }
+        (BrokerKind::Builtin, Some(_)) => {
+            return Err(ctx.err("cluster.recipe", "a recipe is only for broker: custom"))
+        }
         (_, None) => None,
         (_, Some(r)) => {
-            let command = r.command.filter(|c| !c.is_empty()).ok_or_else(|| ctx.err("cluster.recipe.command", "the recipe needs a command (a list: program and arguments)"))?;
+            let command = r.command.filter(|c| !c.is_empty()).ok_or_else(|| {
+                ctx.err(
+                    "cluster.recipe.command",
+                    "the recipe needs a command (a list: program and arguments)",
+                )
+            })?;
             if !command.iter().any(|a| a.contains("{port}")) {
-                return Err(ctx.err("cluster.recipe.command", "the command must use {port} so each node listens on its own port"));
+                return Err(ctx.err(
+                    "cluster.recipe.command",
+                    "the command must use {port} so each node listens on its own port",
+                ));
             }
             let ready = match r.ready.as_deref().unwrap_or("kafka-metadata") {
                 "tcp" => Readiness::Tcp,
                 "kafka-metadata" => Readiness::KafkaMetadata,
-                other => return Err(ctx.err("cluster.recipe.ready", format!("unknown readiness check {other:?}: use tcp or kafka-metadata"))),
+                other => {
+                    return Err(ctx.err(
+                        "cluster.recipe.ready",
+                        format!("unknown readiness check {other:?}: use tcp or kafka-metadata"),
+                    ))
+                }
             };
             match r.protocol.as_deref().unwrap_or("kafka") {
                 "kafka" => {}
-                other => return Err(ctx.err("cluster.recipe.protocol", format!("unknown protocol {other:?}: this version speaks kafka"))),
+                other => {
+                    return Err(ctx.err(
+                        "cluster.recipe.protocol",
+                        format!("unknown protocol {other:?}: this version speaks kafka"),
+                    ))
+                }
             }
-            let ready_timeout = dur(ctx, "cluster.recipe.ready_timeout", r.ready_timeout.as_deref().unwrap_or("30s"))?;
-            Some(CustomRecipe { command, ready, ready_timeout })
+            let ready_timeout = dur(
+                ctx,
+                "cluster.recipe.ready_timeout",
+                r.ready_timeout.as_deref().unwrap_or("30s"),
+            )?;
+            Some(CustomRecipe {
+                command,
+                ready,
+                ready_timeout,
+            })
         }
     };
     if broker == BrokerKind::Builtin && nodes > 1 {
-        return Err(ctx.err("cluster.nodes", format!("{nodes} nodes: the builtin broker does not replicate yet; use nodes: 1")));
+        return Err(ctx.err(
+            "cluster.nodes",
+            format!("{nodes} nodes: the builtin broker does not replicate yet; use nodes: 1"),
+        ));
     }
 
     // topic
     let t = raw.topic;
     let topic_name = t.name.unwrap_or_else(|| "unlost".into());
-    if topic_name.is_empty() || topic_name.len() > 249 || !topic_name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if topic_name.is_empty()
+        || topic_name.len() > 249
+        || !topic_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         return Err(ctx.err("topic.name", format!("invalid topic name {topic_name:?}")));
     }
     let partitions = t.partitions.unwrap_or(3);
     if !(1..=1000).contains(&partitions) {
-        return Err(ctx.err("topic.partitions", format!("{partitions} partitions: use 1 to 1000")));
+        return Err(ctx.err(
+            "topic.partitions",
+            format!("{partitions} partitions: use 1 to 1000"),
+        ));
     }
     let replication_factor = t.replication_factor.unwrap_or(nodes.min(3) as i16);
     if replication_factor < 1 || replication_factor as u32 > nodes {
@@ -475,68 +581,138 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
     if count == 0 {
         return Err(ctx.err("producers.count", "at least one producer is needed"));
     }
-    let rate = value::rate(p.rate.as_deref().unwrap_or("1000/s")).map_err(|m| ctx.err("producers.rate", m))?;
+    let rate = value::rate(p.rate.as_deref().unwrap_or("1000/s"))
+        .map_err(|m| ctx.err("producers.rate", m))?;
     let acks = match p.acks.as_ref().map(|a| a.to_string()).as_deref() {
         None | Some("all") | Some("-1") => Acks::All,
         Some("1") => Acks::Leader,
         Some("0") => Acks::None,
-        Some(other) => return Err(ctx.err("producers.acks", format!("invalid acks {other:?}: use 0, 1 or all"))),
+        Some(other) => {
+            return Err(ctx.err(
+                "producers.acks",
+                format!("invalid acks {other:?}: use 0, 1 or all"),
+            ))
+        }
     };
-    let timeout = dur(ctx, "producers.timeout", p.timeout.as_deref().unwrap_or("2s"))?;
+    let timeout = dur(
+        ctx,
+        "producers.timeout",
+        p.timeout.as_deref().unwrap_or("2s"),
+    )?;
     if timeout < Duration::from_millis(100) {
         return Err(ctx.err("producers.timeout", "timeout must be at least 100ms"));
     }
     let max_in_flight = p.max_in_flight.unwrap_or(5);
     if !(1..=1000).contains(&max_in_flight) {
-        return Err(ctx.err("producers.max_in_flight", format!("{max_in_flight}: use 1 to 1000")));
+        return Err(ctx.err(
+            "producers.max_in_flight",
+            format!("{max_in_flight}: use 1 to 1000"),
+        ));
     }
     let idempotent = p.idempotent.unwrap_or(false);
     if idempotent && acks != Acks::All {
-        return Err(ctx.err("producers.idempotent", "an idempotent producer needs acks: all"));
+        return Err(ctx.err(
+            "producers.idempotent",
+            "an idempotent producer needs acks: all",
+        ));
     }
     let size = match &p.size {
         None => (64, 256),
-        Some(s) => value::range(&s.to_string(), |v| v.parse::<u32>().map_err(|_| format!("invalid size {v:?}: a number of bytes"))).map_err(|m| ctx.err("producers.size", m))?,
+        Some(s) => value::range(&s.to_string(), |v| {
+            v.parse::<u32>()
+                .map_err(|_| format!("invalid size {v:?}: a number of bytes"))
+        })
+        .map_err(|m| ctx.err("producers.size", m))?,
     };
     if size.0 < 16 || size.1 > 1 << 20 {
-        return Err(ctx.err("producers.size", format!("sizes must be within 16..1048576 bytes (values carry a 16-byte id), got {}..{}", size.0, size.1)));
+        return Err(ctx.err(
+            "producers.size",
+            format!(
+                "sizes must be within 16..1048576 bytes (values carry a 16-byte id), got {}..{}",
+                size.0, size.1
+            ),
+        ));
     }
     let keys = match p.keys.as_ref().map(|k| k.to_string()).as_deref() {
         None | Some("none") => Keys::None,
-        Some(k) => match k.strip_prefix("random:").and_then(|n| n.parse::<u32>().ok()).filter(|&n| n > 0) {
+        Some(k) => match k
+            .strip_prefix("random:")
+            .and_then(|n| n.parse::<u32>().ok())
+            .filter(|&n| n > 0)
+        {
             Some(n) => Keys::Random(n),
-            None => return Err(ctx.err("producers.keys", format!("invalid keys {k:?}: use none or random:N"))),
+            None => {
+                return Err(ctx.err(
+                    "producers.keys",
+                    format!("invalid keys {k:?}: use none or random:N"),
+                ))
+            }
         },
     };
-    let producers = ProducerSpec { count, rate, acks, retries: p.retries.unwrap_or(2), timeout, idempotent, max_in_flight, size, keys };
+    let producers = ProducerSpec {
+        count,
+        rate,
+        acks,
+        retries: p.retries.unwrap_or(2),
+        timeout,
+        idempotent,
+        max_in_flight,
+        size,
+        keys,
+    };
 
     // consumers
     let cs = raw.consumers;
-    let commit = match cs.commit.as_deref().unwrap_or("after-process") {
-        "after-process" => CommitPolicy::AfterProcess,
-        "before-process" => CommitPolicy::BeforeProcess,
-        "auto" => CommitPolicy::Auto,
-        other => return Err(ctx.err("consumers.commit", format!("unknown commit policy {other:?}: use after-process, before-process or auto"))),
+    let commit =
+        match cs.commit.as_deref().unwrap_or("after-process") {
+            "after-process" => CommitPolicy::AfterProcess,
+            "before-process" => CommitPolicy::BeforeProcess,
+            "auto" => CommitPolicy::Auto,
+            other => return Err(ctx.err(
+                "consumers.commit",
+                format!(
+                    "unknown commit policy {other:?}: use after-process, before-process or auto"
+                ),
+            )),
+        };
+    let consumers = ConsumerSpec {
+        count: cs.count.unwrap_or(0),
+        group: cs.group.unwrap_or_else(|| "unlost".into()),
+        commit,
     };
-    let consumers = ConsumerSpec { count: cs.count.unwrap_or(0), group: cs.group.unwrap_or_else(|| "unlost".into()), commit };
 
     let lazyfs = raw.storage.lazyfs.unwrap_or(false);
     if lazyfs {
-        return Err(ctx.err("storage.lazyfs", "the lazy filesystem is not available in this version of unlost"));
+        return Err(ctx.err(
+            "storage.lazyfs",
+            "the lazy filesystem is not available in this version of unlost",
+        ));
     }
 
     // faults
     let mut faults = Vec::new();
     for (i, f) in raw.faults.into_iter().enumerate() {
         let path = format!("faults[{i}]");
-        let schedules = [f.at.is_some(), f.every.is_some(), f.random.is_some()].iter().filter(|x| **x).count();
+        let schedules = [f.at.is_some(), f.every.is_some(), f.random.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
         if schedules != 1 {
-            return Err(ctx.err(&path, "a fault needs exactly one schedule: at, every or random"));
+            return Err(ctx.err(
+                &path,
+                "a fault needs exactly one schedule: at, every or random",
+            ));
         }
         let schedule = if let Some(at) = &f.at {
             let at = dur(ctx, &format!("{path}.at"), at)?;
             if at >= duration {
-                return Err(ctx.err(&format!("{path}.at"), format!("fault at {:?} is not before the end of the run ({:?})", at, duration)));
+                return Err(ctx.err(
+                    &format!("{path}.at"),
+                    format!(
+                        "fault at {:?} is not before the end of the run ({:?})",
+                        at, duration
+                    ),
+                ));
             }
             Schedule::At(at)
         } else if let Some(every) = &f.every {
@@ -549,13 +725,23 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
                 None => every,
             };
             if start >= duration {
-                return Err(ctx.err(&format!("{path}.start"), "the first fault would come after the end of the run"));
+                return Err(ctx.err(
+                    &format!("{path}.start"),
+                    "the first fault would come after the end of the run",
+                ));
             }
             Schedule::Every { every, start }
         } else {
-            let interval = dur_range(ctx, &format!("{path}.random"), f.random.as_deref().unwrap_or_default())?;
+            let interval = dur_range(
+                ctx,
+                &format!("{path}.random"),
+                f.random.as_deref().unwrap_or_default(),
+            )?;
             if interval.0 < Duration::from_millis(100) {
-                return Err(ctx.err(&format!("{path}.random"), "the shortest interval must be at least 100ms"));
+                return Err(ctx.err(
+                    &format!("{path}.random"),
+                    "the shortest interval must be at least 100ms",
+                ));
             }
             Schedule::Random { interval }
         };
@@ -568,12 +754,18 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
         };
         if let (Schedule::Every { every, .. }, Some((_, max))) = (&schedule, hold) {
             if max >= *every {
-                return Err(ctx.err(&format!("{path}.for"), format!("for ({max:?}) must be shorter than every ({every:?})")));
+                return Err(ctx.err(
+                    &format!("{path}.for"),
+                    format!("for ({max:?}) must be shorter than every ({every:?})"),
+                ));
             }
         }
         if let (Schedule::At(_), Some((a, b))) = (&schedule, hold) {
             if a != b {
-                return Err(ctx.err(&format!("{path}.for"), "a range of durations goes with random schedules"));
+                return Err(ctx.err(
+                    &format!("{path}.for"),
+                    "a range of durations goes with random schedules",
+                ));
             }
         }
         let single = actions_of(ctx, &path, &f.action, nodes)?;
@@ -603,40 +795,79 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
         };
         for (a, _) in &actions {
             if a.kind == FaultKind::ConsumerCrash && consumers.count == 0 {
-                return Err(ctx.err(&path, "consumer-crash needs consumers (consumers.count > 0)"));
+                return Err(ctx.err(
+                    &path,
+                    "consumer-crash needs consumers (consumers.count > 0)",
+                ));
             }
             if matches!(a.target, Target::Follower(_)) && replication_factor < 2 {
                 return Err(ctx.err(&path, "a follower target needs replication_factor >= 2"));
             }
             if let Target::Leader(Some(p)) | Target::Follower(Some(p)) = a.target {
                 if p >= partitions {
-                    return Err(ctx.err(&path, format!("partition {p} does not exist (topic.partitions is {partitions})")));
+                    return Err(ctx.err(
+                        &path,
+                        format!("partition {p} does not exist (topic.partitions is {partitions})"),
+                    ));
                 }
             }
         }
-        faults.push(FaultSpec { schedule, hold, actions });
+        faults.push(FaultSpec {
+            schedule,
+            hold,
+            actions,
+        });
     }
 
     // expectations
     let mut expect: BTreeMap<Anomaly, Expect> = Anomaly::ALL
         .into_iter()
-        .map(|a| (a, if a.fails_by_default() { Expect::AtMost(0) } else { Expect::Any }))
+        .map(|a| {
+            (
+                a,
+                if a.fails_by_default() {
+                    Expect::AtMost(0)
+                } else {
+                    Expect::Any
+                },
+            )
+        })
         .collect();
     for (k, v) in &raw.expect {
         let path = format!("expect.{k}");
         let a = Anomaly::from_name(k).ok_or_else(|| {
-            ctx.err(&path, format!("unknown anomaly {k:?}: use one of {}", Anomaly::ALL.map(|a| a.name()).join(", ")))
+            ctx.err(
+                &path,
+                format!(
+                    "unknown anomaly {k:?}: use one of {}",
+                    Anomaly::ALL.map(|a| a.name()).join(", ")
+                ),
+            )
         })?;
         expect.insert(a, expectation(ctx, &path, v)?);
     }
-    let drain_timeout = dur(ctx, "drain.timeout", raw.drain.timeout.as_deref().unwrap_or("60s"))?;
+    let drain_timeout = dur(
+        ctx,
+        "drain.timeout",
+        raw.drain.timeout.as_deref().unwrap_or("60s"),
+    )?;
 
     Ok(Plan {
         name,
         seed: raw.seed,
         duration,
-        cluster: ClusterSpec { broker, nodes, settings, recipe },
-        topic: TopicSpec { name: topic_name, partitions, replication_factor, min_insync_replicas },
+        cluster: ClusterSpec {
+            broker,
+            nodes,
+            settings,
+            recipe,
+        },
+        topic: TopicSpec {
+            name: topic_name,
+            partitions,
+            replication_factor,
+            min_insync_replicas,
+        },
         producers,
         consumers,
         lazyfs,

@@ -11,10 +11,9 @@ pub fn duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| c.is_ascii_alphabetic())
         .map(|i| t.split_at(i))
         .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m or h), e.g. \"10s\""))?;
-    let n: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected a number and a unit, e.g. \"1500ms\""))?;
+    let n: f64 = num.trim().parse().map_err(|_| {
+        format!("invalid duration {s:?}: expected a number and a unit, e.g. \"1500ms\"")
+    })?;
     if !n.is_finite() || n < 0.0 {
         return Err(format!("invalid duration {s:?}: must not be negative"));
     }
@@ -23,7 +22,11 @@ pub fn duration(s: &str) -> Result<Duration, String> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unknown unit {unit:?} (use ms, s, m or h)"
+            ))
+        }
     };
     Ok(Duration::from_secs_f64(secs))
 }
@@ -33,14 +36,19 @@ pub fn rate(s: &str) -> Result<f64, String> {
     let (n, per) = s
         .split_once('/')
         .ok_or_else(|| format!("invalid rate {s:?}: expected N/s, e.g. \"2000/s\""))?;
-    let n: f64 = n.trim().parse().map_err(|_| format!("invalid rate {s:?}: {n:?} is not a number"))?;
+    let n: f64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid rate {s:?}: {n:?} is not a number"))?;
     if !n.is_finite() || n <= 0.0 {
         return Err(format!("invalid rate {s:?}: must be positive"));
     }
     match per.trim() {
         "s" => Ok(n),
         "m" => Ok(n / 60.0),
-        other => Err(format!("invalid rate {s:?}: unknown unit /{other} (use /s or /m)")),
+        other => Err(format!(
+            "invalid rate {s:?}: unknown unit /{other} (use /s or /m)"
+        )),
     }
 }
 
@@ -55,7 +63,10 @@ pub fn range<T: PartialOrd + Copy + std::fmt::Debug>(
             Ok((v, v))
         }
         Some((a, b)) => {
-            let (a, b) = (one(a.trim())?, one(b.trim().trim_start_matches('=').trim())?);
+            let (a, b) = (
+                one(a.trim())?,
+                one(b.trim().trim_start_matches('=').trim())?,
+            );
             if a > b {
                 return Err(format!("invalid range {s:?}: the start is above the end"));
             }
@@ -95,7 +106,11 @@ impl std::fmt::Display for Target {
             Target::Minority => write!(f, "minority"),
             Target::Majority => write!(f, "majority"),
             Target::All => write!(f, "all"),
-            Target::Nodes(n) => write!(f, "nodes:{}", n.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
+            Target::Nodes(n) => write!(
+                f,
+                "nodes:{}",
+                n.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+            ),
         }
     }
 }
@@ -110,7 +125,9 @@ pub fn target(s: &str, nodes: u32) -> Result<Target, String> {
                 .parse()
                 .map_err(|_| format!("invalid node id {part:?} in target {s:?}"))?;
             if id == 0 || id > nodes {
-                return Err(format!("target {s:?}: node {id} does not exist (nodes are 1..={nodes})"));
+                return Err(format!(
+                    "target {s:?}: node {id} does not exist (nodes are 1..={nodes})"
+                ));
             }
             ids.push(id);
         }
@@ -170,11 +187,16 @@ mod tests {
         assert_eq!(rate("120/m"), Ok(2.0));
         assert!(rate("-5/s").unwrap_err().contains("positive"));
         assert!(rate("fast").unwrap_err().contains("expected N/s"));
-        assert_eq!(range("64..1024", |v| v.parse::<u32>().map_err(|e| e.to_string())), Ok((64, 1024)));
+        assert_eq!(
+            range("64..1024", |v| v.parse::<u32>().map_err(|e| e.to_string())),
+            Ok((64, 1024))
+        );
         assert!(range("9..3", |v| v.parse::<u32>().map_err(|e| e.to_string())).is_err());
         assert_eq!(target("leader:2", 3), Ok(Target::Leader(Some(2))));
         assert_eq!(target("1,3", 3), Ok(Target::Nodes(vec![1, 3])));
-        assert!(target("4", 3).unwrap_err().contains("node 4 does not exist"));
+        assert!(target("4", 3)
+            .unwrap_err()
+            .contains("node 4 does not exist"));
         assert!(target("leaderr", 3).unwrap_err().contains("unknown target"));
     }
 }

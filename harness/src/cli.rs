@@ -1,0 +1,160 @@
+//! The command line: `unlost run | check | validate | doctor`.
+//! Parses arguments, calls the library, returns the exit code.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::{exit, Error};
+use crate::plan::Plan;
+use crate::run::{self, RunOptions};
+
+/// unlost: proves whether a message broker loses acknowledged messages.
+#[derive(Debug, Parser)]
+#[command(name = "unlost", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one plan: start the cluster, inject faults while producers and
+    /// consumers run, drain, check, and write the run dir.
+    Run {
+        plan: PathBuf,
+        /// Seed for every random choice (default: the plan's, else random).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Directory for run dirs (default: runs).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override the plan's duration, e.g. 20s.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Re-check a stored run's history and rewrite its results.
+    Check { run_dir: PathBuf },
+    /// Check plans without running anything.
+    Validate {
+        #[arg(required = true)]
+        plans: Vec<PathBuf>,
+    },
+    /// Show which capabilities this machine has and what they enable.
+    Doctor,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::plan::value::duration(s)
+}
+
+/// Runs a parsed command; returns the exit code.
+pub fn main(cli: Cli) -> i32 {
+    let result = match cli.command {
+        Command::Run {
+            plan,
+            seed,
+            out,
+            duration,
+        } => cmd_run(
+            plan,
+            RunOptions {
+                seed,
+                out,
+                duration,
+                quiet: false,
+            },
+        ),
+        Command::Check { run_dir } => cmd_check(run_dir),
+        Command::Validate { plans } => cmd_validate(plans),
+        Command::Doctor => Ok(crate::doctor::report()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("unlost: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Harness(format!("tokio runtime: {e}")))
+}
+
+fn cmd_run(path: PathBuf, opts: RunOptions) -> Result<i32, Error> {
+    let plan = Plan::load(&path)?;
+    let result = runtime()?.block_on(run::run(&plan, &opts))?;
+    print!("{}", result.summary);
+    Ok(if result.outcome.expectations_met {
+        exit::MET
+    } else {
+        exit::NOT_MET
+    })
+}
+
+fn cmd_check(dir: PathBuf) -> Result<i32, Error> {
+    let plan_file = dir.join("plan.yaml");
+    if !plan_file.is_file() {
+        return Err(Error::Usage(format!(
+            "{} is not a run dir (no plan.yaml)",
+            dir.display()
+        )));
+    }
+    let plan = Plan::load(&plan_file)?;
+    let start = std::time::Instant::now();
+    let (outcome, facts) = run::check_dir(&dir, &plan)?;
+    let timings = crate::report::Timings {
+        check_s: start.elapsed().as_secs_f64(),
+        ..Default::default()
+    };
+    let seed = facts.seed;
+    crate::report::write_results(&dir, &plan.name, seed, &outcome, &facts.faults, &timings)
+        .map_err(|e| Error::Harness(format!("write results: {e}")))?;
+    let summary = crate::report::summary(
+        &plan.name,
+        seed,
+        &dir,
+        &outcome,
+        facts.faults.len(),
+        &timings,
+    );
+    std::fs::write(dir.join("summary.txt"), &summary)
+        .map_err(|e| Error::Harness(format!("write summary: {e}")))?;
+    print!("{summary}");
+    Ok(if outcome.expectations_met {
+        exit::MET
+    } else {
+        exit::NOT_MET
+    })
+}
+
+fn cmd_validate(plans: Vec<PathBuf>) -> Result<i32, Error> {
+    let mut bad = 0;
+    for p in &plans {
+        match Plan::load(p) {
+            Ok(plan) => println!(
+                "ok {} ({}, {} nodes, {} faults)",
+                p.display(),
+                plan.name,
+                plan.cluster.nodes,
+                plan.faults.len()
+            ),
+            Err(e) => {
+                eprintln!("{e}");
+                bad += 1;
+            }
+        }
+    }
+    if bad > 0 {
+        return Err(Error::Usage(format!(
+            "{bad} of {} plans are invalid",
+            plans.len()
+        )));
+    }
+    Ok(exit::MET)
+}

@@ -1,0 +1,381 @@
+//! The cluster under test: node processes started from a recipe.
+//!
+//! Input: the plan's cluster spec and the run dir. Output: running nodes
+//! (`host:port` each), process-level fault verbs in inverse pairs
+//! (kill/restart, pause/resume) and a clean restart. A restart is the same
+//! call as the first start, on the same data dir. Nodes log to
+//! `nodes/<id>.log`; data lives in `nodes/<id>/data`.
+
+pub mod kafka;
+pub mod spawn;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::error::Error;
+use crate::plan::{BrokerKind, ClusterSpec, Readiness};
+
+/// How one node is started and judged ready.
+#[derive(Debug, Clone)]
+pub struct NodeRecipe {
+    /// argv with placeholders {id} {host} {port} {data_dir} {peers}.
+    pub command: Vec<String>,
+    pub ready: Readiness,
+    pub ready_timeout: Duration,
+}
+
+/// Where the builtin broker binary is: $UNLOST_BROKER_BIN, next to this
+/// executable (cargo puts both in target/<profile>), or on PATH.
+pub fn broker_binary() -> Result<PathBuf, Error> {
+    if let Ok(p) = std::env::var("UNLOST_BROKER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::Harness(format!("own path: {e}")))?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("unlost-broker");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("unlost-broker")).find(|p| p.is_file()))
+        .ok_or_else(|| Error::Harness("unlost-broker not found: build it (cargo build -p unlost-broker) or set UNLOST_BROKER_BIN".into()))
+}
+
+impl NodeRecipe {
+    /// The recipe for a plan's cluster.
+    pub fn for_spec(spec: &ClusterSpec) -> Result<NodeRecipe, Error> {
+        match spec.broker {
+            BrokerKind::Builtin => {
+                let mut command = vec![
+                    broker_binary()?.display().to_string(),
+                    "--id".into(),
+                    "{id}".into(),
+                    "--listen".into(),
+                    "{host}:{port}".into(),
+                    "--data-dir".into(),
+                    "{data_dir}".into(),
+                ];
+                for (k, v) in &spec.settings {
+                    command.push(format!("--{}", k.replace('_', "-")));
+                    command.push(v.clone());
+                }
+                Ok(NodeRecipe {
+                    command,
+                    ready: Readiness::KafkaMetadata,
+                    ready_timeout: Duration::from_secs(30),
+                })
+            }
+            BrokerKind::Custom => {
+                let r = spec
+                    .recipe
+                    .as_ref()
+                    .ok_or_else(|| Error::Usage("custom broker without a recipe".into()))?;
+                Ok(NodeRecipe {
+                    command: r.command.clone(),
+                    ready: r.ready,
+                    ready_timeout: r.ready_timeout,
+                })
+            }
+        }
+    }
+}
+
+/// Whether a node process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    Running,
+    Paused,
+    Down,
+}
+
+/// One node.
+#[derive(Debug)]
+pub struct Node {
+    pub id: u32,
+    pub host: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    pub state: NodeState,
+}
+
+impl Node {
+    /// `host:port` for clients.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    fn pgid(&self) -> Option<Pid> {
+        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
+    }
+}
+
+/// The running cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    recipe: NodeRecipe,
+}
+
+fn free_port(host: &str) -> Result<u16, Error> {
+    std::net::TcpListener::bind((host, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Error::Harness(format!("pick a port on {host}: {e}")))
+}
+
+impl Cluster {
+    /// Starts every node and waits until each is ready.
+    pub fn start(spec: &ClusterSpec, run_dir: &Path) -> Result<Cluster, Error> {
+        let recipe = NodeRecipe::for_spec(spec)?;
+        let nodes_dir = run_dir.join("nodes");
+        let mut nodes = Vec::new();
+        for id in 1..=spec.nodes {
+            let host = "127.0.0.1".to_string();
+            let port = free_port(&host)?;
+            let data_dir = nodes_dir.join(id.to_string()).join("data");
+            std::fs::create_dir_all(&data_dir)
+                .map_err(|e| Error::Harness(format!("create {}: {e}", data_dir.display())))?;
+            nodes.push(Node {
+                id,
+                host,
+                port,
+                data_dir,
+                log: nodes_dir.join(format!("{id}.log")),
+                child: None,
+                state: NodeState::Down,
+            });
+        }
+        let mut cluster = Cluster { nodes, recipe };
+        for id in 1..=spec.nodes {
+            cluster.launch(id)?;
+        }
+        for id in 1..=spec.nodes {
+            cluster.wait_ready(id)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Every node's `host:port`, comma-separated.
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(Node::addr)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn node(&mut self, id: u32) -> Result<&mut Node, Error> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .ok_or_else(|| Error::Harness(format!("no node {id}")))
+    }
+
+    fn command_for(&self, id: u32) -> Result<Command, Error> {
+        let peers = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}@{}", n.id, n.addr()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let n = self
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .ok_or_else(|| Error::Harness(format!("no node {id}")))?;
+        let fill = |s: &str| {
+            s.replace("{id}", &id.to_string())
+                .replace("{host}", &n.host)
+                .replace("{port}", &n.port.to_string())
+                .replace("{data_dir}", &n.data_dir.display().to_string())
+                .replace("{peers}", &peers)
+        };
+        let argv: Vec<String> = self.recipe.command.iter().map(|a| fill(a)).collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .map_err(|e| Error::Harness(format!("open {}: {e}", n.log.display())))?;
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| Error::Harness(e.to_string()))?)
+            .stderr(log);
+        Ok(cmd)
+    }
+
+    /// Starts node `id` (first start and restart alike).
+    fn launch(&mut self, id: u32) -> Result<(), Error> {
+        let cmd = self.command_for(id)?;
+        let program = format!("{:?}", cmd.get_program());
+        let child = spawn::spawn(cmd)
+            .map_err(|e| Error::Cluster(format!("start node {id} ({program}): {e}")))?;
+        let n = self.node(id)?;
+        n.child = Some(child);
+        n.state = NodeState::Running;
+        Ok(())
+    }
+
+    /// Waits until node `id` passes the recipe's readiness check.
+    pub fn wait_ready(&mut self, id: u32) -> Result<(), Error> {
+        let (ready, timeout) = (self.recipe.ready, self.recipe.ready_timeout);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.node(id)?;
+            if let Some(Ok(Some(status))) = n.child.as_mut().map(|c| c.try_wait()) {
+                n.state = NodeState::Down;
+                let tail = tail(&n.log, 15);
+                return Err(Error::Cluster(format!(
+                    "node {id} exited during start ({status}); last lines of {}:\n{tail}",
+                    n.log.display()
+                )));
+            }
+            let addr = n.addr();
+            let ok = match ready {
+                Readiness::Tcp => std::net::TcpStream::connect_timeout(
+                    &addr
+                        .parse()
+                        .map_err(|e| Error::Harness(format!("{addr}: {e}")))?,
+                    Duration::from_millis(500),
+                )
+                .is_ok(),
+                Readiness::KafkaMetadata => {
+                    std::net::TcpStream::connect(&addr).is_ok()
+                        && kafka::metadata_ready(&addr, id, Duration::from_secs(2))
+                }
+            };
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let log = self.node(id)?.log.clone();
+                return Err(Error::Cluster(format!(
+                    "node {id} not ready after {timeout:?}; last lines of {}:\n{}",
+                    log.display(),
+                    tail(&log, 15)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn signal(&mut self, id: u32, sig: Signal) -> Result<(), Error> {
+        let n = self.node(id)?;
+        if let Some(pgid) = n.pgid() {
+            // ESRCH: the group is already gone, which is what was wanted.
+            let _ = killpg(pgid, sig);
+        }
+        Ok(())
+    }
+
+    /// SIGKILL the node's process group and reap it.
+    pub fn kill(&mut self, id: u32) -> Result<(), Error> {
+        self.signal(id, Signal::SIGKILL)?;
+        let n = self.node(id)?;
+        if let Some(mut c) = n.child.take() {
+            let _ = c.wait();
+        }
+        n.state = NodeState::Down;
+        Ok(())
+    }
+
+    /// SIGSTOP the node's process group.
+    pub fn pause(&mut self, id: u32) -> Result<(), Error> {
+        if self.node(id)?.state == NodeState::Running {
+            self.signal(id, Signal::SIGSTOP)?;
+            self.node(id)?.state = NodeState::Paused;
+        }
+        Ok(())
+    }
+
+    /// SIGCONT a paused node.
+    pub fn resume(&mut self, id: u32) -> Result<(), Error> {
+        if self.node(id)?.state == NodeState::Paused {
+            self.signal(id, Signal::SIGCONT)?;
+            self.node(id)?.state = NodeState::Running;
+        }
+        Ok(())
+    }
+
+    /// Starts a node that is down, on the same data dir, and waits for it.
+    pub fn restart(&mut self, id: u32) -> Result<(), Error> {
+        if self.node(id)?.state == NodeState::Down {
+            self.launch(id)?;
+            self.wait_ready(id)?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, wait up to 10 s (then SIGKILL), and start again.
+    pub fn clean_restart(&mut self, id: u32) -> Result<(), Error> {
+        self.resume(id)?;
+        self.signal(id, Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let n = self.node(id)?;
+            match n.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(None)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Some(Ok(None)) => {
+                    self.kill(id)?;
+                    break;
+                }
+                _ => {
+                    n.child = None;
+                    n.state = NodeState::Down;
+                    break;
+                }
+            }
+        }
+        self.restart(id)
+    }
+
+    /// Resumes paused nodes and restarts stopped ones (end-of-run heal).
+    pub fn heal(&mut self) -> Result<(), Error> {
+        let ids: Vec<u32> = self.nodes.iter().map(|n| n.id).collect();
+        for id in ids {
+            self.resume(id)?;
+            // A node that died on its own is restarted too.
+            let n = self.node(id)?;
+            if let Some(Ok(Some(_))) = n.child.as_mut().map(|c| c.try_wait()) {
+                n.child = None;
+                n.state = NodeState::Down;
+            }
+            self.restart(id)?;
+        }
+        Ok(())
+    }
+
+    /// Kills every node (also on drop).
+    pub fn shutdown(&mut self) {
+        let ids: Vec<u32> = self.nodes.iter().map(|n| n.id).collect();
+        for id in ids {
+            let _ = self.kill(id);
+        }
+    }
+
+    /// Node ids.
+    pub fn ids(&self) -> Vec<u32> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

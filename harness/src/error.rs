@@ -1,0 +1,51 @@
+//! The harness's top-level error and its exit code (DESIGN.md):
+//! 2 bad plan or usage, 3 missing capability, 4 harness failure.
+//! (0 and 1, expectations met or not, are outcomes, not errors.)
+
+use crate::plan::PlanError;
+
+/// Exit codes, as documented.
+pub mod exit {
+    /// Expectations met.
+    pub const MET: i32 = 0;
+    /// Expectations not met (or not decidable).
+    pub const NOT_MET: i32 = 1;
+    /// Bad plan or usage.
+    pub const USAGE: i32 = 2;
+    /// The machine lacks a capability the plan needs.
+    pub const CAPABILITY: i32 = 3;
+    /// The harness itself failed.
+    pub const HARNESS: i32 = 4;
+}
+
+/// Why a command could not do its job.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("this machine lacks {what}: {hint}")]
+    Capability { what: String, hint: String },
+    #[error("cluster: {0}")]
+    Cluster(String),
+    #[error("{0}")]
+    Harness(String),
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Plan(_) | Error::Usage(_) => exit::USAGE,
+            Error::Capability { .. } => exit::CAPABILITY,
+            Error::Cluster(_) | Error::Harness(_) => exit::HARNESS,
+        }
+    }
+}
+
+impl From<crate::history::HistoryError> for Error {
+    fn from(e: crate::history::HistoryError) -> Self {
+        Error::Harness(e.to_string())
+    }
+}

@@ -1,0 +1,325 @@
+//! The nemesis: injects the plan's faults on schedule and undoes them.
+//!
+//! Input: the timeline (from `schedule`), the cluster and the consumers.
+//! Output: fault-start / fault-end events in the history. Every fault has
+//! an inverse (kill/restart, pause/resume) applied after its hold, or at
+//! the end-of-run heal; restart and consumer-crash complete at once.
+
+pub mod schedule;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::cluster::{kafka, Cluster};
+use crate::draw::Draw;
+use crate::error::Error;
+use crate::history::{EventKind, History};
+use crate::plan::{FaultAction, FaultKind, Target};
+use crate::workload::consumer::Consumers;
+use schedule::Planned;
+
+/// A fault whose inverse is still due.
+#[derive(Debug, Clone)]
+struct Active {
+    id: u32,
+    kind: FaultKind,
+    nodes: Vec<u32>,
+    until: Option<Instant>,
+}
+
+/// Faults currently in effect, for the status line.
+pub type ActiveFaults = Arc<Mutex<Vec<String>>>;
+
+/// Injects and heals faults.
+pub struct Nemesis {
+    cluster: Arc<Mutex<Cluster>>,
+    history: History,
+    consumers: Consumers,
+    topic: String,
+    partitions: i32,
+    draw: Draw,
+    next_id: u32,
+    active: Vec<Active>,
+    pub shown: ActiveFaults,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+impl Nemesis {
+    /// A nemesis for this run.
+    pub fn new(
+        cluster: Arc<Mutex<Cluster>>,
+        history: History,
+        consumers: Consumers,
+        topic: String,
+        partitions: i32,
+        seed: u64,
+    ) -> Self {
+        Nemesis {
+            cluster,
+            history,
+            consumers,
+            topic,
+            partitions,
+            draw: Draw::new(seed, "targets"),
+            next_id: 0,
+            active: Vec::new(),
+            shown: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Runs the timeline from `start` until `end`, applying inverses as they fall due.
+    pub async fn run(
+        &mut self,
+        timeline: Vec<Planned>,
+        start: Instant,
+        end: Instant,
+    ) -> Result<(), Error> {
+        for p in timeline {
+            let at = start + p.at;
+            self.inverses_until(at).await?;
+            tokio::time::sleep_until(at).await;
+            self.apply(&p).await?;
+        }
+        self.inverses_until(end).await
+    }
+
+    async fn inverses_until(&mut self, t: Instant) -> Result<(), Error> {
+        loop {
+            let due = self
+                .active
+                .iter()
+                .filter_map(|a| a.until.filter(|u| *u <= t).map(|u| (u, a.id)))
+                .min();
+            let Some((when, id)) = due else { return Ok(()) };
+            tokio::time::sleep_until(when).await;
+            let i = self.active.iter().position(|a| a.id == id).expect("listed");
+            let a = self.active.remove(i);
+            self.undo(a).await?;
+        }
+    }
+
+    fn all_nodes(&self) -> Vec<u32> {
+        self.cluster.lock().unwrap_or_else(|e| e.into_inner()).ids()
+    }
+
+    async fn resolve(&mut self, target: &Target) -> (Vec<u32>, String) {
+        let nodes = self.all_nodes();
+        let n = nodes.len();
+        let subset = |draw: &mut Draw, k: usize| -> Vec<u32> {
+            let mut pool = nodes.clone();
+            let mut out = Vec::new();
+            for _ in 0..k.min(pool.len()) {
+                let i = draw.value(0..pool.len());
+                out.push(pool.remove(i));
+            }
+            out.sort_unstable();
+            out
+        };
+        match target {
+            Target::All => (nodes.clone(), "all".into()),
+            Target::Nodes(ids) => (ids.clone(), format!("nodes {ids:?}")),
+            Target::Random => (subset(&mut self.draw, 1), "random".into()),
+            Target::Minority => (subset(&mut self.draw, (n - 1) / 2), "minority".into()),
+            Target::Majority => (subset(&mut self.draw, n / 2 + 1), "majority".into()),
+            Target::Leader(p) | Target::Follower(p) => {
+                let partition = p.unwrap_or_else(|| self.draw.value(0..self.partitions));
+                let bootstrap = self
+                    .cluster
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .bootstrap();
+                let topic = self.topic.clone();
+                let layout =
+                    blocking(move || kafka::layout(&bootstrap, &topic, Duration::from_secs(5)))
+                        .await;
+                let leader = layout
+                    .as_ref()
+                    .ok()
+                    .and_then(|l| l.leaders.get(&partition).copied())
+                    .filter(|l| *l >= 0);
+                match (target, leader) {
+                    (Target::Leader(_), Some(l)) => {
+                        (vec![l as u32], format!("leader of partition {partition}"))
+                    }
+                    (Target::Follower(_), Some(l)) => {
+                        let followers: Vec<u32> = layout
+                            .ok()
+                            .and_then(|lay| lay.replicas.get(&partition).cloned())
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter(|r| *r != l)
+                            .map(|r| r as u32)
+                            .collect();
+                        if followers.is_empty() {
+                            (Vec::new(), format!("no follower of partition {partition}"))
+                        } else {
+                            let i = self.draw.value(0..followers.len());
+                            (
+                                vec![followers[i]],
+                                format!("follower of partition {partition}"),
+                            )
+                        }
+                    }
+                    _ => (
+                        Vec::new(),
+                        format!("partition {partition} has no leader now"),
+                    ),
+                }
+            }
+        }
+    }
+
+    async fn apply(&mut self, p: &Planned) -> Result<(), Error> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let FaultAction {
+            kind,
+            target,
+            consumers,
+        } = &p.action;
+        let name = fault_name(kind);
+        if *kind == FaultKind::ConsumerCrash {
+            let crashed = self.consumers.crash(*consumers as usize, &mut self.draw);
+            self.history.record(
+                "nemesis",
+                EventKind::FaultStart {
+                    id,
+                    fault: name.into(),
+                    targets: vec![],
+                    detail: format!("consumers {crashed:?}"),
+                },
+            );
+            self.history.record(
+                "nemesis",
+                EventKind::FaultEnd {
+                    id,
+                    fault: name.into(),
+                    targets: vec![],
+                },
+            );
+            return Ok(());
+        }
+        let (nodes, detail) = self.resolve(target).await;
+        if nodes.is_empty() {
+            self.history.record(
+                "nemesis",
+                EventKind::Note {
+                    message: format!("{name}#{id} skipped: {detail}"),
+                },
+            );
+            return Ok(());
+        }
+        self.history.record(
+            "nemesis",
+            EventKind::FaultStart {
+                id,
+                fault: name.into(),
+                targets: nodes.clone(),
+                detail,
+            },
+        );
+        let cluster = self.cluster.clone();
+        let (k, ns) = (kind.clone(), nodes.clone());
+        blocking(move || -> Result<(), Error> {
+            let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
+            for id in ns {
+                match k {
+                    FaultKind::Kill => c.kill(id)?,
+                    FaultKind::Pause => c.pause(id)?,
+                    FaultKind::Restart => c.clean_restart(id)?,
+                    FaultKind::ConsumerCrash => {}
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        match kind {
+            FaultKind::Kill | FaultKind::Pause => {
+                let until = p.hold.map(|h| Instant::now() + h);
+                self.active.push(Active {
+                    id,
+                    kind: kind.clone(),
+                    nodes,
+                    until,
+                });
+                self.show();
+            }
+            _ => self.history.record(
+                "nemesis",
+                EventKind::FaultEnd {
+                    id,
+                    fault: name.into(),
+                    targets: nodes,
+                },
+            ),
+        }
+        Ok(())
+    }
+
+    async fn undo(&mut self, a: Active) -> Result<(), Error> {
+        let cluster = self.cluster.clone();
+        let (k, ns) = (a.kind.clone(), a.nodes.clone());
+        // A node hit by two overlapping faults is only brought back when the
+        // last of them ends.
+        let still: BTreeSet<u32> = self.active.iter().flat_map(|x| x.nodes.clone()).collect();
+        blocking(move || -> Result<(), Error> {
+            let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
+            for id in ns.into_iter().filter(|n| !still.contains(n)) {
+                match k {
+                    FaultKind::Kill => c.restart(id)?,
+                    FaultKind::Pause => c.resume(id)?,
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        self.history.record(
+            "nemesis",
+            EventKind::FaultEnd {
+                id: a.id,
+                fault: fault_name(&a.kind).into(),
+                targets: a.nodes,
+            },
+        );
+        self.show();
+        Ok(())
+    }
+
+    /// Ends every active fault and brings every node back.
+    pub async fn heal(&mut self) -> Result<(), Error> {
+        let mut pending = std::mem::take(&mut self.active);
+        // Resume before restarting so no node is left stopped.
+        pending.sort_by_key(|a| a.kind != FaultKind::Pause);
+        for a in pending {
+            self.undo(a).await?;
+        }
+        let cluster = self.cluster.clone();
+        blocking(move || cluster.lock().unwrap_or_else(|e| e.into_inner()).heal()).await
+    }
+
+    fn show(&self) {
+        let list = self
+            .active
+            .iter()
+            .map(|a| format!("{}#{}{:?}", fault_name(&a.kind), a.id, a.nodes))
+            .collect();
+        *self.shown.lock().unwrap_or_else(|e| e.into_inner()) = list;
+    }
+}
+
+/// The name a fault has in plans and histories.
+pub fn fault_name(kind: &FaultKind) -> &'static str {
+    match kind {
+        FaultKind::Kill => "kill",
+        FaultKind::Pause => "pause",
+        FaultKind::Restart => "restart",
+        FaultKind::ConsumerCrash => "consumer-crash",
+    }
+}

@@ -1,0 +1,190 @@
+//! Reports: Outcome + run facts -> `results.json`, `lost.jsonl` and the
+//! summary table (`summary.txt`, also printed). Reports only read results.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::checker::{facts::FaultWindow, Anomaly, Outcome, Verdict};
+
+/// Durations of the run's phases, in seconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub setup_s: f64,
+    pub fault_phase_s: f64,
+    pub heal_s: f64,
+    pub drain_s: f64,
+    pub check_s: f64,
+    pub total_s: f64,
+}
+
+#[derive(Serialize)]
+struct FaultRecord<'a> {
+    id: u32,
+    kind: &'a str,
+    targets: &'a [u32],
+    detail: &'a str,
+    start_s: f64,
+    end_s: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Results<'a> {
+    plan: &'a str,
+    seed: u64,
+    valid: Option<bool>,
+    verdict: Verdict,
+    expectations_met: bool,
+    expectations: &'a [crate::checker::Expectation],
+    counts: BTreeMap<String, u64>,
+    anomalies: &'a BTreeMap<Anomaly, Vec<String>>,
+    lost: &'a [crate::checker::lost::LostMessage],
+    duplicates_by_cause: &'a BTreeMap<String, u64>,
+    drain: Drain<'a>,
+    faults: Vec<FaultRecord<'a>>,
+    timings: &'a Timings,
+}
+
+#[derive(Serialize)]
+struct Drain<'a> {
+    complete: bool,
+    error: Option<&'a str>,
+}
+
+/// Counts by name: operations then anomalies.
+pub fn counts(o: &Outcome) -> BTreeMap<String, u64> {
+    let s = &o.stats;
+    let mut c: BTreeMap<String, u64> = [
+        ("sent", s.sent),
+        ("attempts", s.attempts),
+        ("acked", s.acked),
+        ("failed", s.failed),
+        ("indeterminate", s.indeterminate),
+        ("delivered", s.delivered),
+        ("drained", s.drained),
+        ("events", s.events),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (a, n) in &o.counts {
+        c.insert(a.name().to_string(), *n);
+    }
+    c
+}
+
+/// Writes results.json and lost.jsonl into the run dir.
+pub fn write_results(
+    dir: &Path,
+    plan: &str,
+    seed: u64,
+    o: &Outcome,
+    faults: &[FaultWindow],
+    timings: &Timings,
+) -> std::io::Result<()> {
+    let results = Results {
+        plan,
+        seed,
+        valid: match o.verdict {
+            Verdict::Valid => Some(true),
+            Verdict::Invalid => Some(false),
+            Verdict::Unknown => None,
+        },
+        verdict: o.verdict,
+        expectations_met: o.expectations_met,
+        expectations: &o.expectations,
+        counts: counts(o),
+        anomalies: &o.examples,
+        lost: &o.lost[..o.lost.len().min(crate::checker::EXAMPLES)],
+        duplicates_by_cause: &o.duplicates_by_cause,
+        drain: Drain {
+            complete: o.drain_complete,
+            error: o.drain_error.as_deref(),
+        },
+        faults: faults
+            .iter()
+            .map(|f| FaultRecord {
+                id: f.id,
+                kind: &f.fault,
+                targets: &f.targets,
+                detail: &f.detail,
+                start_s: f.start as f64 / 1e6,
+                end_s: f.end.map(|e| e as f64 / 1e6),
+            })
+            .collect(),
+        timings,
+    };
+    let json = serde_json::to_vec_pretty(&results).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("results.json"), json)?;
+    let mut lost = std::io::BufWriter::new(std::fs::File::create(dir.join("lost.jsonl"))?);
+    for l in &o.lost {
+        serde_json::to_writer(&mut lost, l).map_err(std::io::Error::other)?;
+        lost.write_all(b"\n")?;
+    }
+    lost.flush()
+}
+
+/// The summary table shown at the end of a run and kept as summary.txt.
+pub fn summary(
+    plan: &str,
+    seed: u64,
+    run_dir: &Path,
+    o: &Outcome,
+    faults: usize,
+    timings: &Timings,
+) -> String {
+    let s = &o.stats;
+    let mut out = String::new();
+    let verdict = match o.verdict {
+        Verdict::Valid => "valid",
+        Verdict::Invalid => "INVALID",
+        Verdict::Unknown => "unknown",
+    };
+    out += &format!("plan {plan}  seed {seed}  run dir {}\n", run_dir.display());
+    out += &format!(
+        "sent {}  acked {}  failed {}  indeterminate {}  delivered {}  drained {}  faults {}  ({:.1}s)\n",
+        s.sent, s.acked, s.failed, s.indeterminate, s.delivered, s.drained, faults, timings.total_s
+    );
+    if !o.drain_complete {
+        out += &format!(
+            "drain did not finish: {}\n",
+            o.drain_error.as_deref().unwrap_or("no drain recorded")
+        );
+    }
+    out += &format!("{:<22}{:>10}  {:<8}{}\n", "anomaly", "count", "wanted", "");
+    for e in &o.expectations {
+        let mark = match e.met {
+            Some(true) => "ok",
+            Some(false) => "NOT MET",
+            None => "unknown",
+        };
+        out += &format!(
+            "{:<22}{:>10}  {:<8}{}\n",
+            e.anomaly.name(),
+            e.got,
+            e.wanted,
+            mark
+        );
+    }
+    if let Some(first) = o.lost.first() {
+        out += &format!(
+            "first lost: {} at {}/{} acked {:.3}s; faults around it: {}\n",
+            first.value,
+            first.partition,
+            first.offset,
+            first.acked_at,
+            if first.faults.is_empty() {
+                "none".to_string()
+            } else {
+                first.faults.join(", ")
+            }
+        );
+    }
+    out += &format!(
+        "verdict {verdict}; expectations {}\n",
+        if o.expectations_met { "met" } else { "NOT met" }
+    );
+    out
+}

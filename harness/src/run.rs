@@ -1,0 +1,349 @@
+//! The orchestrator: Plan -> run dir with history, results and summary.
+//!
+//! Stages: start the cluster and create the topic; run producers,
+//! consumers and the nemesis for the plan's duration (printing a status
+//! line); stop producers and let their last attempts finish; heal every
+//! fault; drain; check; report. The cluster is killed on every exit path.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::checker::{self, Facts, Outcome};
+use crate::cluster::{kafka, Cluster};
+use crate::error::Error;
+use crate::history::{self, EventKind, History};
+use crate::nemesis::{schedule, Nemesis};
+use crate::plan::Plan;
+use crate::report::{self, Timings};
+use crate::workload::consumer::{self, ConsumerJob, Consumers};
+use crate::workload::producer::{self, ProducerJob};
+use crate::workload::{drain, Status};
+
+/// Options of one run beyond the plan.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub seed: Option<u64>,
+    pub out: Option<PathBuf>,
+    pub duration: Option<Duration>,
+    /// No status line (tests).
+    pub quiet: bool,
+}
+
+/// What a run produced.
+pub struct RunResult {
+    pub dir: PathBuf,
+    pub seed: u64,
+    pub outcome: Outcome,
+    pub summary: String,
+}
+
+fn fresh_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32)
+}
+
+fn run_dir(out: &Path, plan: &str) -> Result<PathBuf, Error> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let (d, rem) = ((secs / 86400) as i64, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = d + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let stamp = format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+    let mut dir = out.join(format!("{stamp}-{plan}"));
+    let mut n = 1;
+    while dir.exists() {
+        n += 1;
+        dir = out.join(format!("{stamp}-{plan}-{n}"));
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::Harness(format!("create run dir {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+/// The plan as run: its text with the seed (and duration) actually used.
+fn resolved_plan(plan: &Plan, seed: u64, duration: Duration) -> String {
+    let text = std::fs::read_to_string(&plan.file).unwrap_or_default();
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            !l.starts_with("seed:") && !(l.starts_with("duration:") && duration != plan.duration)
+        })
+        .map(str::to_string)
+        .collect();
+    lines.push(format!("seed: {seed}"));
+    if duration != plan.duration {
+        lines.push(format!("duration: {}ms", duration.as_millis()));
+    }
+    lines.join("\n") + "\n"
+}
+
+/// Runs a plan end to end.
+pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
+    let started = Instant::now();
+    let seed = opts.seed.or(plan.seed).unwrap_or_else(fresh_seed);
+    let duration = opts.duration.unwrap_or(plan.duration);
+    let out = opts.out.clone().unwrap_or_else(|| PathBuf::from("runs"));
+    let dir = run_dir(&out, &plan.name)?;
+    std::fs::write(dir.join("plan.yaml"), resolved_plan(plan, seed, duration))
+        .map_err(|e| Error::Harness(format!("write plan.yaml: {e}")))?;
+    if !opts.quiet {
+        eprintln!(
+            "unlost: plan {} seed {seed}, run dir {}",
+            plan.name,
+            dir.display()
+        );
+    }
+    let history = History::create(&dir.join("history.jsonl"))?;
+    history.record(
+        "harness",
+        EventKind::Run {
+            plan: plan.name.clone(),
+            seed,
+            partitions: plan.topic.partitions,
+            max_in_flight: plan.producers.max_in_flight,
+            retries: plan.producers.retries,
+        },
+    );
+
+    let spec = plan.cluster.clone();
+    let d = dir.clone();
+    let cluster = tokio::task::spawn_blocking(move || Cluster::start(&spec, &d))
+        .await
+        .map_err(|e| Error::Harness(e.to_string()))??;
+    let bootstrap = cluster.bootstrap();
+    let cluster = Arc::new(Mutex::new(cluster));
+    kafka::create_topic(&bootstrap, &plan.topic)
+        .await
+        .map_err(Error::Cluster)?;
+    wait_for_leaders(
+        &bootstrap,
+        &plan.topic.name,
+        plan.topic.partitions,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let setup_s = started.elapsed().as_secs_f64();
+
+    // Fault phase.
+    let status = Arc::new(Status::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut producers = Vec::new();
+    for index in 0..plan.producers.count {
+        let job = ProducerJob {
+            index,
+            spec: plan.producers.clone(),
+            topic: plan.topic.name.clone(),
+            partitions: plan.topic.partitions,
+            bootstrap: bootstrap.clone(),
+            seed,
+            history: history.clone(),
+            status: status.clone(),
+        };
+        producers.push(tokio::spawn(producer::run(job, stop_rx.clone())));
+    }
+    let consumer_job = ConsumerJob {
+        spec: plan.consumers.clone(),
+        topic: plan.topic.name.clone(),
+        partitions: plan.topic.partitions,
+        bootstrap: bootstrap.clone(),
+        history: history.clone(),
+        status: status.clone(),
+    };
+    let consumers = Consumers::start(consumer_job.clone());
+    let mut nemesis = Nemesis::new(
+        cluster.clone(),
+        history.clone(),
+        consumers.clone(),
+        plan.topic.name.clone(),
+        plan.topic.partitions,
+        seed,
+    );
+    let shown = nemesis.shown.clone();
+    let ticker = (!opts.quiet).then(|| tokio::spawn(status_line(status.clone(), shown, duration)));
+    let phase = tokio::time::Instant::now();
+    let timeline = schedule::timeline(&plan.faults, duration, seed);
+    let fault_result = nemesis.run(timeline, phase, phase + duration).await;
+    tokio::time::sleep_until(phase + duration).await;
+    let _ = stop_tx.send(true);
+    for p in producers {
+        match p.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => history.record(
+                "harness",
+                EventKind::Note {
+                    message: format!("producer: {e}"),
+                },
+            ),
+            Err(e) => history.record(
+                "harness",
+                EventKind::Note {
+                    message: format!("producer task: {e}"),
+                },
+            ),
+        }
+    }
+    let c2 = consumers.clone();
+    tokio::task::spawn_blocking(move || c2.stop())
+        .await
+        .map_err(|e| Error::Harness(e.to_string()))?;
+    if let Some(t) = ticker {
+        t.abort();
+        eprintln!();
+    }
+    let fault_phase_s = phase.elapsed().as_secs_f64();
+
+    // Heal, wait for the cluster, drain.
+    let heal_start = Instant::now();
+    let heal_result = nemesis.heal().await;
+    fault_result?;
+    heal_result?;
+    wait_for_leaders(
+        &bootstrap,
+        &plan.topic.name,
+        plan.topic.partitions,
+        Duration::from_secs(30),
+    )
+    .await
+    .ok();
+    if plan.consumers.count > 0 && plan.consumers.commit == crate::plan::CommitPolicy::Auto {
+        let job = consumer_job.clone();
+        tokio::task::spawn_blocking(move || consumer::record_committed(&job))
+            .await
+            .ok();
+    }
+    let heal_s = heal_start.elapsed().as_secs_f64();
+    let drain_start = Instant::now();
+    let (h, b, t, n, timeout) = (
+        history.clone(),
+        bootstrap.clone(),
+        plan.topic.name.clone(),
+        plan.topic.partitions,
+        plan.drain_timeout,
+    );
+    tokio::task::spawn_blocking(move || drain::drain(&b, &t, n, timeout, &h))
+        .await
+        .map_err(|e| Error::Harness(e.to_string()))?;
+    let drain_s = drain_start.elapsed().as_secs_f64();
+    {
+        let c = cluster.clone();
+        tokio::task::spawn_blocking(move || c.lock().unwrap_or_else(|e| e.into_inner()).shutdown())
+            .await
+            .ok();
+    }
+    history.flush().map_err(Error::Harness)?;
+
+    // Check and report.
+    let check_start = Instant::now();
+    let (outcome, facts) = check_dir(&dir, plan)?;
+    let timings = Timings {
+        setup_s,
+        fault_phase_s,
+        heal_s,
+        drain_s,
+        check_s: check_start.elapsed().as_secs_f64(),
+        total_s: started.elapsed().as_secs_f64(),
+    };
+    report::write_results(&dir, &plan.name, seed, &outcome, &facts.faults, &timings)
+        .map_err(|e| Error::Harness(format!("write results: {e}")))?;
+    let summary = report::summary(
+        &plan.name,
+        seed,
+        &dir,
+        &outcome,
+        facts.faults.len(),
+        &timings,
+    );
+    std::fs::write(dir.join("summary.txt"), &summary)
+        .map_err(|e| Error::Harness(format!("write summary: {e}")))?;
+    Ok(RunResult {
+        dir,
+        seed,
+        outcome,
+        summary,
+    })
+}
+
+/// Checks the history stored in a run dir against the plan's expectations.
+pub fn check_dir(dir: &Path, plan: &Plan) -> Result<(Outcome, Facts), Error> {
+    let mut facts = Facts::default();
+    for e in history::read(&dir.join("history.jsonl"))? {
+        facts.add(e?);
+    }
+    let outcome = checker::evaluate(&facts, &plan.expect);
+    Ok((outcome, facts))
+}
+
+async fn wait_for_leaders(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (b, t) = (bootstrap.to_string(), topic.to_string());
+        let layout =
+            tokio::task::spawn_blocking(move || kafka::layout(&b, &t, Duration::from_secs(3)))
+                .await
+                .map_err(|e| Error::Harness(e.to_string()))?;
+        let last_error = match layout {
+            Ok(l) if (0..partitions).all(|p| l.leaders.get(&p).is_some_and(|l| *l >= 0)) => {
+                return Ok(())
+            }
+            Ok(l) => format!("leaders {:?}", l.leaders),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(Error::Cluster(format!(
+                "topic {topic} has no leader for every partition after {timeout:?}: {last_error}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Prints elapsed, counts and active faults once a second (on a terminal,
+/// one rewritten line; otherwise a line every 5 s).
+async fn status_line(status: Arc<Status>, faults: crate::nemesis::ActiveFaults, total: Duration) {
+    let tty = std::io::stderr().is_terminal();
+    let start = Instant::now();
+    let mut tick = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tick += 1;
+        let (sent, acked, failed, info, delivered) = status.snapshot();
+        let active = faults.lock().unwrap_or_else(|e| e.into_inner()).join(" ");
+        let line = format!(
+            "[{:>4.0}s/{:.0}s] sent {sent} acked {acked} failed {failed} indeterminate {info} delivered {delivered} faults: {}",
+            start.elapsed().as_secs_f64(),
+            total.as_secs_f64(),
+            if active.is_empty() { "none" } else { &active }
+        );
+        if tty {
+            eprint!("\r\x1b[2K{line}");
+        } else if tick % 5 == 0 {
+            eprintln!("{line}");
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! Consumers: members of one group that poll, process (record each
+//! delivered message) and commit per policy:
+//! - after-process: process the batch, then commit its end (at-least-once);
+//! - before-process: commit the batch end, then process (at-most-once);
+//! - auto: the client's periodic auto-commit of polled positions.
+//!
+//! Partitions are assigned statically (partition p to consumer p mod N),
+//! starting from the group's committed offsets. A consumer-crash fault stops
+//! a consumer mid-batch, without committing the rest, and a new incarnation
+//! (`c<i>#<n+1>`) takes over from the committed offsets. (With auto-commit,
+//! closing the client commits polled positions; that crash is a close.)
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use super::{value_of, Status};
+use crate::draw::Draw;
+use crate::history::{EventKind, History};
+use crate::plan::{CommitPolicy, ConsumerSpec};
+
+/// Messages processed between commits.
+const BATCH: usize = 50;
+
+/// Handles to the consumer threads, shared with the nemesis.
+#[derive(Clone, Default)]
+pub struct Consumers {
+    crash: Vec<Arc<AtomicBool>>,
+    stop: Arc<AtomicBool>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+/// What every consumer needs.
+#[derive(Clone)]
+pub struct ConsumerJob {
+    pub spec: ConsumerSpec,
+    pub topic: String,
+    pub partitions: i32,
+    pub bootstrap: String,
+    pub history: History,
+    pub status: Arc<Status>,
+}
+
+impl Consumers {
+    /// Starts the group.
+    pub fn start(job: ConsumerJob) -> Consumers {
+        let mut c = Consumers::default();
+        for i in 0..job.spec.count {
+            let crash = Arc::new(AtomicBool::new(false));
+            c.crash.push(crash.clone());
+            let (job, stop) = (job.clone(), c.stop.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("consumer-{i}"))
+                .spawn(move || member(i, job, stop, crash))
+                .expect("consumer thread");
+            c.threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(handle);
+        }
+        c
+    }
+
+    /// Crashes `n` consumers drawn from `draw`; returns which.
+    pub fn crash(&self, n: usize, draw: &mut Draw) -> Vec<usize> {
+        let mut pool: Vec<usize> = (0..self.crash.len()).collect();
+        let mut out = Vec::new();
+        for _ in 0..n.min(pool.len()) {
+            let i = pool.remove(draw.value(0..pool.len()));
+            self.crash[i].store(true, Ordering::SeqCst);
+            out.push(i);
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Stops every consumer (after its current batch) and waits.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn client(job: &ConsumerJob) -> Result<BaseConsumer, String> {
+    let auto = job.spec.commit == CommitPolicy::Auto;
+    ClientConfig::new()
+        .set("bootstrap.servers", &job.bootstrap)
+        .set("group.id", &job.spec.group)
+        .set("enable.auto.commit", if auto { "true" } else { "false" })
+        .set("auto.commit.interval.ms", "500")
+        .set("auto.offset.reset", "earliest")
+        .set("log_level", "0")
+        .create()
+        .map_err(|e| format!("consumer: {e}"))
+}
+
+fn member(i: u32, job: ConsumerJob, stop: Arc<AtomicBool>, crash: Arc<AtomicBool>) {
+    let mine: Vec<i32> = (0..job.partitions)
+        .filter(|p| (*p as u32) % job.spec.count == i)
+        .collect();
+    let mut incarnation = 0;
+    while !stop.load(Ordering::SeqCst) {
+        incarnation += 1;
+        let name = format!("c{i}#{incarnation}");
+        job.history.record(&name, EventKind::ConsumerStart);
+        let consumer = match client(&job) {
+            Ok(c) => c,
+            Err(e) => {
+                job.history.record(&name, EventKind::Note { message: e });
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in &mine {
+            let _ = tpl.add_partition_offset(&job.topic, *p, Offset::Stored);
+        }
+        if let Err(e) = consumer.assign(&tpl) {
+            job.history.record(
+                &name,
+                EventKind::Note {
+                    message: format!("assign: {e}"),
+                },
+            );
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
+        job.history.record(
+            &name,
+            EventKind::Assign {
+                partitions: mine.clone(),
+            },
+        );
+        crash.store(false, Ordering::SeqCst);
+        if consume(&name, &consumer, &job, &stop, &crash) {
+            job.history.record(&name, EventKind::ConsumerCrash);
+        }
+        // Dropping the client closes it without committing (manual policies).
+        drop(consumer);
+    }
+}
+
+/// Returns true when the incarnation crashed, false when it was stopped.
+fn consume(
+    name: &str,
+    c: &BaseConsumer,
+    job: &ConsumerJob,
+    stop: &AtomicBool,
+    crash: &AtomicBool,
+) -> bool {
+    let policy = job.spec.commit;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut batch = Vec::new();
+        let mut wait = Duration::from_millis(100);
+        while batch.len() < BATCH {
+            match c.poll(wait) {
+                Some(Ok(m)) => batch.push((m.partition(), m.offset(), value_of(m.payload()))),
+                Some(Err(_)) | None => break,
+            }
+            wait = Duration::ZERO;
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+        for (p, o, _) in &batch {
+            ends.insert(*p, o + 1);
+        }
+        if policy == CommitPolicy::BeforeProcess && !commit(name, c, job, &ends) {
+            continue;
+        }
+        // A crash lands mid-batch: half of what is left is processed first.
+        let mut crash_at = None;
+        let len = batch.len();
+        for (i, (p, o, v)) in batch.into_iter().enumerate() {
+            if crash_at.is_none() && crash.load(Ordering::SeqCst) {
+                crash_at = Some(i + (len - i) / 2);
+            }
+            if crash_at == Some(i) {
+                return true;
+            }
+            job.history.record(
+                name,
+                EventKind::Deliver {
+                    partition: p,
+                    offset: o,
+                    value: v,
+                },
+            );
+            job.status.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        if policy == CommitPolicy::AfterProcess {
+            commit(name, c, job, &ends);
+        }
+        if crash.load(Ordering::SeqCst) {
+            return true;
+        }
+    }
+}
+
+fn commit(name: &str, c: &BaseConsumer, job: &ConsumerJob, ends: &BTreeMap<i32, i64>) -> bool {
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in ends {
+        let _ = tpl.add_partition_offset(&job.topic, *p, Offset::Offset(*o));
+    }
+    match c.commit(&tpl, CommitMode::Sync) {
+        Ok(()) => {
+            for (p, o) in ends {
+                job.history.record(
+                    name,
+                    EventKind::Commit {
+                        partition: *p,
+                        offset: *o,
+                    },
+                );
+            }
+            true
+        }
+        Err(e) => {
+            job.history.record(
+                name,
+                EventKind::Note {
+                    message: format!("commit failed: {e}"),
+                },
+            );
+            false
+        }
+    }
+}
+
+/// Records the group's committed offsets as the broker has them now (for
+/// auto-commit, whose commits the harness does not see one by one).
+pub fn record_committed(job: &ConsumerJob) {
+    let Ok(c) = client(job) else { return };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..job.partitions {
+        tpl.add_partition(&job.topic, p);
+    }
+    if let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(10)) {
+        for e in committed.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                job.history.record(
+                    "group",
+                    EventKind::Commit {
+                        partition: e.partition(),
+                        offset: o,
+                    },
+                );
+            }
+        }
+    }
+}

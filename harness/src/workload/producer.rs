@@ -1,0 +1,233 @@
+//! Producers: paced sends of unique values; each attempt is recorded as
+//! invoke then ok (partition, offset), fail (definitely not written) or
+//! info (unknown). A failed attempt is resent, up to `retries` times, as a
+//! new attempt of the same value, so duplicates can be traced to retries.
+//! With idempotence on, librdkafka retries internally (one attempt each).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::Status;
+use crate::draw::Draw;
+use crate::history::{EventKind, History};
+use crate::plan::{Keys, ProducerSpec};
+
+/// Whether an error proves the value was not written.
+pub fn definite(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    match e {
+        KafkaError::MessageProduction(code) => matches!(
+            code,
+            NotEnoughReplicas
+                | NotLeaderForPartition
+                | UnknownTopicOrPartition
+                | LeaderNotAvailable
+                | InvalidMessage
+                | MessageSizeTooLarge
+                | InvalidRequiredAcks
+                | QueueFull
+                | TopicAuthorizationFailed
+                | InvalidRecord
+                | UnknownPartition
+                | UnknownTopic
+                | OutOfOrderSequenceNumber
+                | DuplicateSequenceNumber
+                | InvalidTopic
+        ),
+        _ => false,
+    }
+}
+
+/// What one producer needs.
+pub struct ProducerJob {
+    pub index: u32,
+    pub spec: ProducerSpec,
+    pub topic: String,
+    pub partitions: i32,
+    pub bootstrap: String,
+    pub seed: u64,
+    pub history: History,
+    pub status: Arc<Status>,
+}
+
+fn client(job: &ProducerJob) -> Result<FutureProducer, String> {
+    let s = &job.spec;
+    let timeout = s.timeout.as_millis().to_string();
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &job.bootstrap)
+        .set("acks", s.acks.as_config())
+        .set("linger.ms", "2")
+        .set(
+            "max.in.flight.requests.per.connection",
+            s.max_in_flight.to_string(),
+        )
+        .set("request.timeout.ms", &timeout)
+        .set("log_level", "0");
+    if s.idempotent {
+        let total = (s.timeout * (s.retries + 1)).as_millis().to_string();
+        c.set("enable.idempotence", "true")
+            .set("message.timeout.ms", &total);
+    } else {
+        c.set("enable.idempotence", "false")
+            .set("message.send.max.retries", "0")
+            .set("message.timeout.ms", &timeout);
+    }
+    c.create()
+        .map_err(|e| format!("producer {}: {e}", job.index))
+}
+
+/// Sends until `stop`, then waits for every outstanding attempt.
+pub async fn run(job: ProducerJob, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+    let producer = Arc::new(client(&job)?);
+    let name = format!("p{}", job.index);
+    let mut draw = Draw::new(job.seed, &name);
+    let per_second = job.spec.rate / f64::from(job.spec.count.max(1));
+    let gap = Duration::from_secs_f64(1.0 / per_second);
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    let mut seq: u64 = 0;
+    loop {
+        let next = start + gap.mul_f64(seq as f64);
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = stop.changed() => break,
+        }
+        if *stop.borrow() {
+            break;
+        }
+        let value = format!("{name}-{seq}");
+        let size = draw.value(job.spec.size.0..=job.spec.size.1) as usize;
+        let mut payload = value.clone().into_bytes();
+        payload.push(b' ');
+        payload.resize(size.max(payload.len()), b'x');
+        let route = match job.spec.keys {
+            Keys::None => Route::Partition(draw.value(0..job.partitions)),
+            Keys::Random(n) => Route::Key(format!("k{}", draw.value(0..n))),
+        };
+        seq += 1;
+        job.status.sent.fetch_add(1, Ordering::Relaxed);
+        let (p, h, st, spec, topic, name) = (
+            producer.clone(),
+            job.history.clone(),
+            job.status.clone(),
+            job.spec.clone(),
+            job.topic.clone(),
+            name.clone(),
+        );
+        tasks.spawn(
+            async move { send(&p, &h, &st, &spec, &topic, &name, value, payload, route).await },
+        );
+        while tasks.len() > 20_000 {
+            tasks.join_next().await;
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+enum Route {
+    Partition(i32),
+    Key(String),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    p: &FutureProducer,
+    h: &History,
+    st: &Status,
+    spec: &ProducerSpec,
+    topic: &str,
+    name: &str,
+    value: String,
+    payload: Vec<u8>,
+    route: Route,
+) {
+    let attempts = if spec.idempotent { 1 } else { spec.retries + 1 };
+    // The delivery report comes by message.timeout.ms; allow slack beyond it.
+    let wait = if spec.idempotent {
+        spec.timeout * (spec.retries + 1)
+    } else {
+        spec.timeout
+    } + Duration::from_secs(5);
+    let mut last_definite = true;
+    for attempt in 1..=attempts {
+        h.record(
+            name,
+            EventKind::Invoke {
+                value: value.clone(),
+                attempt,
+            },
+        );
+        let mut record = FutureRecord::to(topic).payload(&payload);
+        record = match &route {
+            Route::Partition(n) => record.partition(*n),
+            Route::Key(k) => record.key(k),
+        };
+        let outcome = match p.send_result::<String, Vec<u8>>(record) {
+            Err((e, _)) => Err((e, true)),
+            Ok(fut) => match tokio::time::timeout(wait, fut).await {
+                Ok(Ok(Ok(d))) => Ok((d.partition, d.offset)),
+                Ok(Ok(Err((e, _)))) => {
+                    let sure = definite(&e);
+                    Err((e, sure))
+                }
+                Ok(Err(_)) => Err((KafkaError::Canceled, false)),
+                Err(_) => Err((
+                    KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+                    false,
+                )),
+            },
+        };
+        match outcome {
+            Ok((partition, offset)) => {
+                h.record(
+                    name,
+                    EventKind::Ok {
+                        value,
+                        attempt,
+                        partition,
+                        offset,
+                    },
+                );
+                st.acked.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err((e, true)) => h.record(
+                name,
+                EventKind::Fail {
+                    value: value.clone(),
+                    attempt,
+                    error: e.to_string(),
+                },
+            ),
+            Err((e, false)) => {
+                last_definite = false;
+                h.record(
+                    name,
+                    EventKind::Info {
+                        value: value.clone(),
+                        attempt,
+                        error: e.to_string(),
+                    },
+                )
+            }
+        }
+        if attempt < attempts {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    if last_definite {
+        st.failed.fetch_add(1, Ordering::Relaxed);
+    } else {
+        st.indeterminate.fetch_add(1, Ordering::Relaxed);
+    }
+}
