@@ -78,11 +78,12 @@ fn find_key(text: &str, from: usize, key: &str, parent_col: Option<usize>) -> Op
         let boundary = before
             .is_none_or(|c| c == ' ' || c == '{' || c == ',' || c == '\n' || c == '-' || c == '"');
         let is_key = after.starts_with(':') || after.starts_with("\":");
-        if !(boundary && is_key) {
+        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let in_comment = text[line_start..at].contains('#');
+        if !(boundary && is_key) || in_comment {
             continue;
         }
         // A key at a column not deeper than its parent's belongs elsewhere.
-        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
         let first_on_line = text[line_start..at]
             .trim_start_matches([' ', '-'])
             .is_empty();

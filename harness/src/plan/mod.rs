@@ -285,17 +285,34 @@ impl Plan {
                 }
             };
             let message = inner.to_string();
-            // serde_yaml appends " at line L column C"; the prefix says it already.
-            let message = message
+            // serde_yaml appends " at line L column C" and may start with the
+            // key path; the error's prefix says both already.
+            let mut message = message
                 .split(" at line ")
                 .next()
                 .unwrap_or(&message)
                 .to_string();
+            let path = if path == "." || path == "?" {
+                String::new()
+            } else {
+                path
+            };
+            let parent = path
+                .rsplit_once('.')
+                .map_or(path.as_str(), |(p, _)| p)
+                .to_string();
+            for prefix in [format!("{path}: "), format!("{parent}: ")] {
+                if prefix.len() > 2 {
+                    if let Some(rest) = message.strip_prefix(&prefix) {
+                        message = rest.to_string();
+                    }
+                }
+            }
             PlanError {
                 file: file.to_path_buf(),
                 line,
                 column,
-                path: if path == "." { String::new() } else { path },
+                path,
                 message,
             }
         })?;
@@ -382,7 +399,7 @@ fn actions_of(
 
 fn expectation(ctx: &Ctx, path: &str, v: &Scalar) -> Result<Expect, PlanError> {
     let bad = || {
-        ctx.err(path, format!("invalid expectation {v:?}: use a count (at most), \">0\" or \">=N\" (at least), or any"))
+        ctx.err(path, format!("invalid expectation \"{v}\": use a count (at most), \">0\" or \">=N\" (at least), or any"))
     };
     match v {
         Scalar::Int(n) if *n >= 0 => Ok(Expect::AtMost(*n as u64)),
@@ -477,12 +494,14 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
                         ));
                     }
                 }
-                other => return Err(ctx.err(
-                    &path,
-                    format!(
+                other => {
+                    return Err(ctx.err(
+                        &path,
+                        format!(
                         "unknown builtin broker setting {other:?} (known: flush, segment_bytes)"
                     ),
-                )),
+                    ))
+                }
             }
         }
     }
@@ -541,13 +560,6 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
             })
         }
     };
-    if broker == BrokerKind::Builtin && nodes > 1 {
-        return Err(ctx.err(
-            "cluster.nodes",
-            format!("{nodes} nodes: the builtin broker does not replicate yet; use nodes: 1"),
-        ));
-    }
-
     // topic
     let t = raw.topic;
     let topic_name = t.name.unwrap_or_else(|| "unlost".into());
@@ -663,18 +675,19 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
 
     // consumers
     let cs = raw.consumers;
-    let commit =
-        match cs.commit.as_deref().unwrap_or("after-process") {
-            "after-process" => CommitPolicy::AfterProcess,
-            "before-process" => CommitPolicy::BeforeProcess,
-            "auto" => CommitPolicy::Auto,
-            other => return Err(ctx.err(
+    let commit = match cs.commit.as_deref().unwrap_or("after-process") {
+        "after-process" => CommitPolicy::AfterProcess,
+        "before-process" => CommitPolicy::BeforeProcess,
+        "auto" => CommitPolicy::Auto,
+        other => {
+            return Err(ctx.err(
                 "consumers.commit",
                 format!(
                     "unknown commit policy {other:?}: use after-process, before-process or auto"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let consumers = ConsumerSpec {
         count: cs.count.unwrap_or(0),
         group: cs.group.unwrap_or_else(|| "unlost".into()),
@@ -851,6 +864,13 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
         "drain.timeout",
         raw.drain.timeout.as_deref().unwrap_or("60s"),
     )?;
+    // Last, so that every other mistake in a plan is reported first.
+    if broker == BrokerKind::Builtin && nodes > 1 {
+        return Err(ctx.err(
+            "cluster.nodes",
+            format!("{nodes} nodes: the builtin broker does not replicate yet; use nodes: 1"),
+        ));
+    }
 
     Ok(Plan {
         name,
@@ -876,4 +896,60 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
         drain_timeout,
         file: ctx.file.to_path_buf(),
     })
+}
+
+#[cfg(test)]
+mod corpus {
+    use super::*;
+
+    /// Every plan in plans/broken/ fails with the error its first line
+    /// names (`# error: <text the message contains>`); every other plan
+    /// under plans/ is valid.
+    #[test]
+    fn broken_plans_fail_with_their_errors_and_shipped_plans_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plans");
+        let mut broken = 0;
+        let mut failures = Vec::new();
+        for entry in std::fs::read_dir(root.join("broken")).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let want = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# error: "))
+                .unwrap_or_else(|| panic!("{}: first line must be '# error: ...'", path.display()));
+            let shown = Path::new("broken").join(path.file_name().unwrap());
+            match Plan::parse(&shown, &text) {
+                Ok(_) => {
+                    failures.push(format!("{}: parsed, wanted error {want:?}", path.display()))
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if !msg.contains(want) || !msg.starts_with(&shown.display().to_string()) {
+                        failures.push(format!(
+                            "{}:\n   got: {msg}\n  want: {want}",
+                            path.display()
+                        ));
+                    }
+                }
+            }
+            broken += 1;
+        }
+        assert!(broken >= 20, "only {broken} broken plans");
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        let mut valid = 0;
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() && path.file_name().unwrap() != "broken" {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "yaml") {
+                    Plan::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                    valid += 1;
+                }
+            }
+        }
+        assert!(valid >= 4, "only {valid} shipped plans");
+    }
 }

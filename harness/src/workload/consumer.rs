@@ -162,14 +162,19 @@ fn consume(
         if stop.load(Ordering::SeqCst) {
             return false;
         }
+        // A batch is what arrives within 50 ms of its first message (at most BATCH).
         let mut batch = Vec::new();
-        let mut wait = Duration::from_millis(100);
+        let mut deadline: Option<std::time::Instant> = None;
         while batch.len() < BATCH {
+            let wait = match deadline {
+                None => Duration::from_millis(100),
+                Some(d) => d.saturating_duration_since(std::time::Instant::now()),
+            };
             match c.poll(wait) {
                 Some(Ok(m)) => batch.push((m.partition(), m.offset(), value_of(m.payload()))),
                 Some(Err(_)) | None => break,
             }
-            wait = Duration::ZERO;
+            deadline.get_or_insert_with(|| std::time::Instant::now() + Duration::from_millis(50));
         }
         if batch.is_empty() {
             continue;
@@ -181,12 +186,13 @@ fn consume(
         if policy == CommitPolicy::BeforeProcess && !commit(name, c, job, &ends) {
             continue;
         }
-        // A crash lands mid-batch: half of what is left is processed first.
+        // A crash lands mid-batch: half of what is left (at least one
+        // message) is processed first.
         let mut crash_at = None;
         let len = batch.len();
         for (i, (p, o, v)) in batch.into_iter().enumerate() {
             if crash_at.is_none() && crash.load(Ordering::SeqCst) {
-                crash_at = Some(i + (len - i) / 2);
+                crash_at = Some(i + (len - i).div_ceil(2));
             }
             if crash_at == Some(i) {
                 return true;
@@ -201,11 +207,12 @@ fn consume(
             );
             job.status.delivered.fetch_add(1, Ordering::Relaxed);
         }
+        if crash_at.is_some() {
+            // Crashed after processing the whole rest, before committing it.
+            return true;
+        }
         if policy == CommitPolicy::AfterProcess {
             commit(name, c, job, &ends);
-        }
-        if crash.load(Ordering::SeqCst) {
-            return true;
         }
     }
 }
