@@ -64,8 +64,8 @@ pub fn capabilities() -> Vec<Capability> {
 /// Prints the report; the exit code is 0.
 pub fn report() -> i32 {
     println!(
-        "{:<24}{:<9}{:<44}{}",
-        "capability", "present", "enables", "how to get it"
+        "{:<24}{:<9}{:<44}how to get it",
+        "capability", "present", "enables"
     );
     for c in capabilities() {
         println!(

@@ -87,7 +87,7 @@ fn resolved_plan(plan: &Plan, seed: u64, duration: Duration) -> String {
     let mut lines: Vec<String> = text
         .lines()
         .filter(|l| {
-            !l.starts_with("seed:") && !(l.starts_with("duration:") && duration != plan.duration)
+            !(l.starts_with("seed:") || (l.starts_with("duration:") && duration != plan.duration))
         })
         .map(str::to_string)
         .collect();
@@ -342,7 +342,7 @@ async fn status_line(status: Arc<Status>, faults: crate::nemesis::ActiveFaults, 
         );
         if tty {
             eprint!("\r\x1b[2K{line}");
-        } else if tick % 5 == 0 {
+        } else if tick.is_multiple_of(5) {
             eprintln!("{line}");
         }
     }

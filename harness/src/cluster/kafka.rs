@@ -23,6 +23,8 @@ fn client(bootstrap: &str) -> Result<BaseConsumer, String> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("log_level", "0")
+        // Reconnect quickly after a node restarts (default backoff grows to 10 s).
+        .set("reconnect.backoff.max.ms", "1000")
         .create()
         .map_err(|e| format!("kafka client: {e}"))
 }

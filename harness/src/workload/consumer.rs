@@ -99,6 +99,8 @@ fn client(job: &ConsumerJob) -> Result<BaseConsumer, String> {
         .set("auto.commit.interval.ms", "500")
         .set("auto.offset.reset", "earliest")
         .set("log_level", "0")
+        // Reconnect quickly after a node restarts (default backoff grows to 10 s).
+        .set("reconnect.backoff.max.ms", "1000")
         .create()
         .map_err(|e| format!("consumer: {e}"))
 }

@@ -27,6 +27,8 @@ pub fn drain(
             .set("group.id", "unlost-drain")
             .set("enable.auto.commit", "false")
             .set("log_level", "0")
+            // Reconnect quickly after a node restarts (default backoff grows to 10 s).
+            .set("reconnect.backoff.max.ms", "1000")
             .create()
             .map_err(|e| format!("drain client: {e}"))?;
         let mut high = BTreeMap::new();
@@ -63,19 +65,16 @@ pub fn drain(
                     behind.join(", ")
                 ));
             }
-            match c.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    history.record(
-                        "drain",
-                        EventKind::Drain {
-                            partition: m.partition(),
-                            offset: m.offset(),
-                            value: value_of(m.payload()),
-                        },
-                    );
-                    next.insert(m.partition(), m.offset() + 1);
-                }
-                Some(Err(_)) | None => {}
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                history.record(
+                    "drain",
+                    EventKind::Drain {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        value: value_of(m.payload()),
+                    },
+                );
+                next.insert(m.partition(), m.offset() + 1);
             }
         }
         Ok(high)

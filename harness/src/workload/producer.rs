@@ -70,7 +70,9 @@ fn client(job: &ProducerJob) -> Result<FutureProducer, String> {
             s.max_in_flight.to_string(),
         )
         .set("request.timeout.ms", &timeout)
-        .set("log_level", "0");
+        .set("log_level", "0")
+        // Reconnect quickly after a node restarts (default backoff grows to 10 s).
+        .set("reconnect.backoff.max.ms", "1000");
     if s.idempotent {
         let total = (s.timeout * (s.retries + 1)).as_millis().to_string();
         c.set("enable.idempotence", "true")

@@ -1,0 +1,270 @@
+//! End-to-end runs of the `unlost` binary: real broker processes, real
+//! faults, checked histories.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use unlost_tests::binary;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn unlost(args: &[&str]) -> Output {
+    Command::new(binary("unlost"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run unlost")
+}
+
+fn results(run_dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(run_dir.join("results.json")).expect("results.json"))
+        .expect("json")
+}
+
+/// The one run dir made under `out`.
+fn run_dir(out: &Path) -> PathBuf {
+    let dirs: Vec<_> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+/// Runs a plan into a temporary out dir (kept alive by the returned guard).
+fn run_plan(plan: &str, duration: &str) -> (Output, PathBuf, serde_json::Value, tempfile::TempDir) {
+    let out = tempfile::tempdir().unwrap();
+    let o = unlost(&[
+        "run",
+        plan,
+        "--duration",
+        duration,
+        "--seed",
+        "7",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let dir = run_dir(out.path());
+    let r = results(&dir);
+    (o, dir, r, out)
+}
+
+fn count(r: &serde_json::Value, name: &str) -> u64 {
+    r["counts"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no count {name} in {r}"))
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn quickstart_loses_nothing_under_kills_and_pauses() {
+    let (o, dir, r, _out) = run_plan("plans/quickstart.yaml", "12s");
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(r["verdict"], "valid");
+    assert!(count(&r, "acked") > 5000, "{r}");
+    assert_eq!(count(&r, "lost"), 0);
+    assert!(
+        r["faults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "kill"),
+        "a leader was killed: {r}"
+    );
+    for f in [
+        "plan.yaml",
+        "history.jsonl",
+        "summary.txt",
+        "lost.jsonl",
+        "nodes/1.log",
+    ] {
+        assert!(dir.join(f).exists(), "run dir has {f}");
+    }
+    let plan = std::fs::read_to_string(dir.join("plan.yaml")).unwrap();
+    assert!(
+        plan.contains("seed: 7"),
+        "resolved plan records the seed:\n{plan}"
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("verdict valid; expectations met"));
+}
+
+#[test]
+fn retries_without_idempotence_duplicate_and_lose_nothing() {
+    let (o, _, r, _out) = run_plan("plans/seed/producer-retries-duplicate.yaml", "10s");
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(count(&r, "duplicated") > 0);
+    assert_eq!(count(&r, "lost"), 0);
+    assert!(
+        r["duplicates_by_cause"]["producer-retry"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "duplicates traced to retries: {r}"
+    );
+}
+
+#[test]
+fn commit_before_process_skips_and_the_checker_says_so() {
+    let (o, _, r, _out) = run_plan("plans/seed/consumer-commit-before-process.yaml", "10s");
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(count(&r, "skipped") > 0);
+    assert_eq!(
+        r["verdict"], "invalid",
+        "skipped messages make the history invalid"
+    );
+}
+
+#[test]
+fn commit_after_process_redelivers_and_never_skips() {
+    let (o, _, r, _out) = run_plan("plans/seed/consumer-commit-after-process.yaml", "10s");
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(count(&r, "redelivered") > 0);
+    assert_eq!(count(&r, "skipped"), 0);
+}
+
+#[test]
+fn check_rechecks_a_stored_history_and_finds_tampering() {
+    let out = tempfile::tempdir().unwrap();
+    let plan = out.path().join("small.yaml");
+    std::fs::write(&plan, "name: small\nduration: 3s\ncluster: { nodes: 1 }\ntopic: { partitions: 2, replication_factor: 1 }\nproducers: { count: 1, rate: 200/s }\n").unwrap();
+    let runs = out.path().join("runs");
+    let o = unlost(&[
+        "run",
+        plan.to_str().unwrap(),
+        "--out",
+        runs.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let dir = run_dir(&runs);
+    let o = unlost(&["check", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    // Remove one drained message: the acknowledged value is now lost.
+    let history = std::fs::read_to_string(dir.join("history.jsonl")).unwrap();
+    let victim = history
+        .lines()
+        .find(|l| l.contains(r#""type":"drain""#))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        dir.join("history.jsonl"),
+        history.replacen(&format!("{victim}\n"), "", 1),
+    )
+    .unwrap();
+    let o = unlost(&["check", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let r = results(&dir);
+    assert_eq!(count(&r, "lost"), 1);
+    let lost = std::fs::read_to_string(dir.join("lost.jsonl")).unwrap();
+    assert_eq!(lost.lines().count(), 1);
+    let value: serde_json::Value = serde_json::from_str(&victim).unwrap();
+    assert!(lost.contains(value["value"].as_str().unwrap()), "{lost}");
+}
+
+#[test]
+fn validate_and_doctor() {
+    let o = unlost(&[
+        "validate",
+        "plans/quickstart.yaml",
+        "plans/broken/08-rf-above-nodes.yaml",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("plans/broken/08-rf-above-nodes.yaml:5:25: topic.replication_factor: replication factor 3 needs"), "{err}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ok plans/quickstart.yaml"));
+    let o = unlost(&["run", "plans/broken/01-unknown-top-key.yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = unlost(&["doctor"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("unlost-broker binary"));
+}
+
+#[test]
+fn a_custom_recipe_runs_a_users_broker_binary() {
+    let out = tempfile::tempdir().unwrap();
+    let plan = out.path().join("custom.yaml");
+    let broker = binary("unlost-broker");
+    std::fs::write(
+        &plan,
+        format!(
+            "name: custom\nduration: 3s\ncluster:\n  broker: custom\n  nodes: 1\n  recipe:\n    command: [{:?}, --id, \"{{id}}\", --listen, \"{{host}}:{{port}}\", --data-dir, \"{{data_dir}}\", --flush, \"ms:100\"]\n    ready: tcp\ntopic: {{ partitions: 1, replication_factor: 1 }}\nproducers: {{ count: 1, rate: 100/s }}\n",
+            broker.display().to_string()
+        ),
+    )
+    .unwrap();
+    let runs = out.path().join("runs");
+    let o = unlost(&[
+        "run",
+        plan.to_str().unwrap(),
+        "--out",
+        runs.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let r = results(&run_dir(&runs));
+    assert!(count(&r, "acked") > 100, "{r}");
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                out.push(format!("{}: {cmd}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn sigkill_of_the_harness_leaves_no_broker_behind() {
+    let out = tempfile::tempdir().unwrap();
+    let runs = out.path().join("runs");
+    let mut child = Command::new(binary("unlost"))
+        .args([
+            "run",
+            "plans/quickstart.yaml",
+            "--duration",
+            "60s",
+            "--out",
+            runs.to_str().unwrap(),
+        ])
+        .current_dir(repo())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until a node is up (it mentions the run dir in its flags).
+    let needle = runs.to_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processes_mentioning(&format!("--data-dir {needle}")).is_empty() {
+        assert!(Instant::now() < deadline, "no broker started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = processes_mentioning(&format!("--data-dir {needle}"));
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "brokers outlived the harness: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
