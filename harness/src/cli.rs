@@ -88,6 +88,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 
 fn cmd_run(path: PathBuf, opts: RunOptions) -> Result<i32, Error> {
     let plan = Plan::load(&path)?;
+    // Before any thread exists: the namespaces are per thread until then.
+    crate::sandbox::enter()?;
     let result = runtime()?.block_on(run::run(&plan, &opts))?;
     print!("{}", result.summary);
     Ok(if result.outcome.expectations_met {

@@ -16,6 +16,7 @@ pub mod nemesis;
 pub mod plan;
 pub mod report;
 pub mod run;
+pub mod sandbox;
 pub mod workload;
 
 pub use error::Error;

@@ -227,8 +227,24 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
     out
 }
 
+/// The host's interfaces and, when nft is installed, its ruleset.
+fn host_network() -> (String, String) {
+    let links = Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let rules = Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    (links, rules)
+}
+
 #[test]
 fn sigkill_of_the_harness_leaves_no_broker_behind() {
+    let network_before = host_network();
     let out = tempfile::tempdir().unwrap();
     let runs = out.path().join("runs");
     let mut child = Command::new(binary("unlost"))

@@ -94,7 +94,6 @@ pub enum NodeState {
 }
 
 /// One node.
-#[derive(Debug)]
 pub struct Node {
     pub id: u32,
     pub host: String,
@@ -103,6 +102,8 @@ pub struct Node {
     pub log: PathBuf,
     child: Option<Child>,
     pub state: NodeState,
+    /// The node's own network namespace (None: the harness's loopback).
+    netns: Option<crate::sandbox::Host>,
 }
 
 impl Node {
@@ -117,7 +118,6 @@ impl Node {
 }
 
 /// The running cluster.
-#[derive(Debug)]
 pub struct Cluster {
     pub nodes: Vec<Node>,
     recipe: NodeRecipe,
@@ -137,19 +137,27 @@ impl Cluster {
         let nodes_dir = run_dir.join("nodes");
         let mut nodes = Vec::new();
         for id in 1..=spec.nodes {
-            let host = "127.0.0.1".to_string();
-            let port = free_port(&host)?;
+            // In the sandbox each node is a host of its own; otherwise
+            // (library use without `sandbox::enter`) nodes share loopback.
+            let (host, port, netns) = if crate::sandbox::entered() {
+                let h = crate::sandbox::add_host(id)?;
+                (h.addr.clone(), 9092, Some(h))
+            } else {
+                ("127.0.0.1".to_string(), free_port("127.0.0.1")?, None)
+            };
             let data_dir = nodes_dir.join(id.to_string()).join("data");
             std::fs::create_dir_all(&data_dir)
                 .map_err(|e| Error::Harness(format!("create {}: {e}", data_dir.display())))?;
+            let log = nodes_dir.join(format!("{id}.log"));
             nodes.push(Node {
                 id,
                 host,
                 port,
                 data_dir,
-                log: nodes_dir.join(format!("{id}.log")),
+                log,
                 child: None,
                 state: NodeState::Down,
+                netns,
             });
         }
         let mut cluster = Cluster { nodes, recipe };
@@ -215,7 +223,11 @@ impl Cluster {
     fn launch(&mut self, id: u32) -> Result<(), Error> {
         let cmd = self.command_for(id)?;
         let program = format!("{:?}", cmd.get_program());
-        let child = spawn::spawn(cmd)
+        let ns = match &self.node(id)?.netns {
+            Some(h) => spawn::Namespace::Join(crate::sandbox::netns_fd(h)),
+            None => spawn::Namespace::Inherit,
+        };
+        let child = spawn::spawn_in(cmd, ns)
             .map_err(|e| Error::Cluster(format!("start node {id} ({program}): {e}")))?;
         let n = self.node(id)?;
         n.child = Some(child);
