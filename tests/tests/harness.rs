@@ -283,4 +283,12 @@ fn sigkill_of_the_harness_leaves_no_broker_behind() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Node hosts lived in the harness's own namespaces: the host's
+    // interfaces and firewall rules never changed.
+    assert_eq!(host_network(), network_before);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(&needle),
+        "a mount under the run dir survived: {mounts}"
+    );
 }
