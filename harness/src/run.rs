@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::checker::{self, Facts, Outcome};
 use crate::cluster::{kafka, Cluster};
 use crate::error::Error;
-use crate::history::{self, EventKind, History};
+use crate::history::{EventKind, History};
 use crate::nemesis::{schedule, Nemesis};
 use crate::plan::Plan;
 use crate::report::{self, Timings};
@@ -286,10 +286,7 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
 
 /// Checks the history stored in a run dir against the plan's expectations.
 pub fn check_dir(dir: &Path, plan: &Plan) -> Result<(Outcome, Facts), Error> {
-    let mut facts = Facts::default();
-    for e in history::read(&dir.join("history.jsonl"))? {
-        facts.add(e?);
-    }
+    let facts = checker::fold(&dir.join("history.jsonl"))?;
     let outcome = checker::evaluate(&facts, &plan.expect);
     Ok((outcome, facts))
 }

@@ -17,16 +17,16 @@ pub struct Duplicate {
 /// Every duplicated value.
 pub fn check(f: &Facts) -> Vec<Duplicate> {
     let mut out: Vec<Duplicate> = f
-        .drain_by_value
+        .drained_again
         .iter()
-        .filter(|(_, offs)| offs.len() > 1)
-        .map(|(v, offs)| {
+        .map(|(v, again)| {
             let retried =
                 matches!(v, Value::Id(id) if f.sends.get(id).is_some_and(|s| s.attempts > 1));
-            let mut offsets = offs.clone();
+            let mut offsets = vec![f.drained[v]];
+            offsets.extend(again);
             offsets.sort_unstable();
             Duplicate {
-                value: v.to_string(),
+                value: f.show(*v),
                 offsets,
                 cause: if retried {
                     "producer-retry"

@@ -1,31 +1,21 @@
 //! One streaming pass over a history, keeping what the properties need.
-//! Memory is proportional to the number of distinct messages (and offsets).
+//! Memory is proportional to the number of distinct messages: per sent
+//! value one `SendState`, per offset one `OffsetInfo`, per drained value
+//! its first location (more only for duplicates).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
+
+use serde::Deserialize;
 
 use crate::history::{Event, EventKind, ValueId};
 
-/// A message value as read from a log: a harness id, or foreign bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// A message value: a harness id, or foreign bytes (interned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Value {
     Id(ValueId),
-    Other(String),
-}
-
-impl Value {
-    /// Classifies a recorded value.
-    pub fn of(s: &str) -> Value {
-        ValueId::parse(s).map_or_else(|| Value::Other(s.to_string()), Value::Id)
-    }
-}
-
-impl std::fmt::Display for Value {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Value::Id(v) => write!(f, "{v}"),
-            Value::Other(s) => write!(f, "{s:?}"),
-        }
-    }
+    Other(u32),
 }
 
 /// Everything known about one sent value.
@@ -34,8 +24,19 @@ pub struct SendState {
     pub attempts: u32,
     pub fails: u32,
     pub infos: u32,
+    /// Times the group processed it.
+    pub delivered: u32,
     /// First acknowledgement: partition, offset, time.
     pub ok: Option<(i32, i64, u64)>,
+}
+
+/// What is known about one offset.
+#[derive(Debug, Clone, Copy)]
+pub struct OffsetInfo {
+    /// The value first seen there (ack, delivery or drain).
+    pub value: Value,
+    pub drained: bool,
+    pub processed: bool,
 }
 
 /// A fault's time window.
@@ -76,183 +77,291 @@ pub struct Facts {
     pub seed: u64,
     pub max_in_flight: u32,
     pub sends: HashMap<ValueId, SendState>,
-    /// Acknowledged offsets in completion order, per (producer, partition).
-    pub ack_order: HashMap<(u32, i32), Vec<i64>>,
-    /// The final drain: value at each offset, and offsets of each value.
-    pub drain: HashMap<(i32, i64), Value>,
-    pub drain_by_value: HashMap<Value, Vec<(i32, i64)>>,
+    pub offsets: HashMap<(i32, i64), OffsetInfo>,
+    /// Where the drain found each value first, and any further places.
+    pub drained: HashMap<Value, (i32, i64)>,
+    pub drained_again: HashMap<Value, Vec<(i32, i64)>>,
+    pub drained_total: u64,
     pub drain_complete: Option<bool>,
     pub drain_error: Option<String>,
-    /// Deliveries to the group: count per value, and the offsets processed.
-    pub deliveries: HashMap<Value, u32>,
-    pub processed: HashSet<(i32, i64)>,
+    /// Deliveries of foreign values (harness values count in `sends`).
+    pub foreign_deliveries: HashMap<Value, u32>,
     pub delivered_total: u64,
     /// Highest committed offset per partition.
     pub committed: BTreeMap<i32, i64>,
     pub faults: Vec<FaultWindow>,
-    /// Value first seen at each offset (ack, delivery or drain).
-    first_at: HashMap<(i32, i64), Value>,
     pub conflicts: Vec<Conflict>,
-    last_polled: HashMap<(String, i32), i64>,
+    /// Last offset each consumer incarnation processed, per partition.
+    last_polled: HashMap<(u32, i32), i64>,
+    processes: HashMap<String, u32>,
+    process_names: Vec<String>,
     pub backwards: Vec<Backwards>,
+    /// Highest acknowledged offset per (producer, partition), and acks below it.
+    max_acked: HashMap<(u32, i32), i64>,
+    pub reorders: Vec<(u32, i32, i64, i64)>,
+    foreign: Vec<String>,
+    foreign_index: HashMap<String, u32>,
     pub events: u64,
     pub end_time: u64,
 }
 
+/// One history line as it is parsed: borrowed text, plain optional fields
+/// (no per-line allocation for the common events).
+#[derive(Debug, Deserialize)]
+pub struct Line<'a> {
+    t: u64,
+    #[serde(borrow)]
+    process: std::borrow::Cow<'a, str>,
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    value: Option<std::borrow::Cow<'a, str>>,
+    partition: Option<i32>,
+    offset: Option<i64>,
+}
+
 impl Facts {
-    /// Folds one event in.
-    pub fn add(&mut self, e: Event) {
-        self.events += 1;
-        self.end_time = self.end_time.max(e.t);
-        match e.kind {
-            EventKind::Run {
-                plan,
-                seed,
-                max_in_flight,
-                ..
-            } => {
-                self.plan = plan;
-                self.seed = seed;
-                self.max_in_flight = max_in_flight;
+    /// The text of a value.
+    pub fn show(&self, v: Value) -> String {
+        match v {
+            Value::Id(id) => id.to_string(),
+            Value::Other(i) => format!("{:?}", self.foreign[i as usize]),
+        }
+    }
+
+    fn process_id(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.processes.get(name) {
+            return i;
+        }
+        let i = self.process_names.len() as u32;
+        self.process_names.push(name.to_string());
+        self.processes.insert(name.to_string(), i);
+        i
+    }
+
+    fn value(&mut self, s: &str) -> Value {
+        if let Some(id) = ValueId::parse(s) {
+            return Value::Id(id);
+        }
+        if let Some(&i) = self.foreign_index.get(s) {
+            return Value::Other(i);
+        }
+        let i = self.foreign.len() as u32;
+        self.foreign.push(s.to_string());
+        self.foreign_index.insert(s.to_string(), i);
+        Value::Other(i)
+    }
+
+    /// Folds one history line in; the fast path for stored histories.
+    /// Lines that carry more than offsets and values are decoded in full.
+    pub fn add_line(&mut self, raw: &[u8]) -> Result<(), serde_json::Error> {
+        let line: Line = serde_json::from_slice(raw)?;
+        let v = line.value.as_deref();
+        match (&*line.kind, v, line.partition, line.offset) {
+            ("invoke", Some(v), _, _) => self.on_send(v, line.t, Outcome::Invoke),
+            ("ok", Some(v), Some(p), Some(o)) => self.on_send(v, line.t, Outcome::Ok(p, o)),
+            ("fail", Some(v), _, _) => self.on_send(v, line.t, Outcome::Fail),
+            ("info", Some(v), _, _) => self.on_send(v, line.t, Outcome::Info),
+            ("deliver", Some(v), Some(p), Some(o)) => {
+                self.on_deliver(&line.process, v, p, o, line.t)
             }
-            EventKind::Invoke { value, .. } => {
-                if let Some(v) = ValueId::parse(&value) {
-                    self.sends.entry(v).or_default().attempts += 1;
+            ("drain", Some(v), Some(p), Some(o)) => self.on_drain(v, p, o, line.t),
+            ("commit", _, Some(p), Some(o)) => self.on_commit(p, o, line.t),
+            _ => self.add(serde_json::from_slice::<Event>(raw)?),
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, t: u64) {
+        self.events += 1;
+        self.end_time = self.end_time.max(t);
+    }
+
+    fn on_send(&mut self, value: &str, t: u64, outcome: Outcome) {
+        self.tick(t);
+        let Some(v) = ValueId::parse(value) else {
+            return;
+        };
+        let s = self.sends.entry(v).or_default();
+        match outcome {
+            Outcome::Invoke => s.attempts += 1,
+            Outcome::Fail => s.fails += 1,
+            Outcome::Info => s.infos += 1,
+            Outcome::Ok(p, o) => {
+                if s.ok.is_none() {
+                    s.ok = Some((p, o, t));
+                }
+                // acks=0 reports no offset (-1): nothing to compare.
+                if o >= 0 {
+                    let max = self.max_acked.entry((v.producer(), p)).or_insert(i64::MIN);
+                    if o < *max {
+                        self.reorders.push((v.producer(), p, o, *max));
+                    }
+                    *max = (*max).max(o);
+                    self.see(p, o, Value::Id(v), "ack");
                 }
             }
+        }
+    }
+
+    fn on_deliver(&mut self, process: &str, value: &str, p: i32, o: i64, t: u64) {
+        self.tick(t);
+        let v = self.value(value);
+        match v {
+            Value::Id(id) => self.sends.entry(id).or_default().delivered += 1,
+            Value::Other(_) => *self.foreign_deliveries.entry(v).or_default() += 1,
+        }
+        self.delivered_total += 1;
+        let key = (self.process_id(process), p);
+        if let Some(&last) = self.last_polled.get(&key) {
+            if o <= last {
+                self.backwards.push(Backwards {
+                    process: process.to_string(),
+                    partition: p,
+                    from: last,
+                    to: o,
+                });
+            }
+        }
+        self.last_polled.insert(key, o);
+        self.see(p, o, v, "deliver");
+        if let Some(info) = self.offsets.get_mut(&(p, o)) {
+            info.processed = true;
+        }
+    }
+
+    fn on_drain(&mut self, value: &str, p: i32, o: i64, t: u64) {
+        self.tick(t);
+        let v = self.value(value);
+        self.drained_total += 1;
+        match self.drained.get(&v) {
+            None => {
+                self.drained.insert(v, (p, o));
+            }
+            Some(_) => self.drained_again.entry(v).or_default().push((p, o)),
+        }
+        self.see(p, o, v, "drain");
+        if let Some(info) = self.offsets.get_mut(&(p, o)) {
+            info.drained = true;
+        }
+    }
+
+    fn on_commit(&mut self, p: i32, o: i64, t: u64) {
+        self.tick(t);
+        let c = self.committed.entry(p).or_insert(o);
+        *c = (*c).max(o);
+    }
+
+    /// Folds one event in.
+    pub fn add(&mut self, e: Event) {
+        match e.kind {
+            EventKind::Invoke { value, .. } => self.on_send(&value, e.t, Outcome::Invoke),
             EventKind::Ok {
                 value,
                 partition,
                 offset,
                 ..
-            } => {
-                if let Some(v) = ValueId::parse(&value) {
-                    let s = self.sends.entry(v).or_default();
-                    if s.ok.is_none() {
-                        s.ok = Some((partition, offset, e.t));
-                    }
-                    // acks=0 reports no offset (-1): nothing to compare.
-                    if offset >= 0 {
-                        self.ack_order
-                            .entry((v.producer(), partition))
-                            .or_default()
-                            .push(offset);
-                        self.see(partition, offset, Value::Id(v), "ack");
-                    }
-                }
-            }
-            EventKind::Fail { value, .. } => {
-                if let Some(v) = ValueId::parse(&value) {
-                    self.sends.entry(v).or_default().fails += 1;
-                }
-            }
-            EventKind::Info { value, .. } => {
-                if let Some(v) = ValueId::parse(&value) {
-                    self.sends.entry(v).or_default().infos += 1;
-                }
-            }
+            } => self.on_send(&value, e.t, Outcome::Ok(partition, offset)),
+            EventKind::Fail { value, .. } => self.on_send(&value, e.t, Outcome::Fail),
+            EventKind::Info { value, .. } => self.on_send(&value, e.t, Outcome::Info),
             EventKind::Deliver {
                 partition,
                 offset,
                 value,
-            } => {
-                let v = Value::of(&value);
-                *self.deliveries.entry(v.clone()).or_default() += 1;
-                self.processed.insert((partition, offset));
-                self.delivered_total += 1;
-                let key = (e.process, partition);
-                if let Some(&last) = self.last_polled.get(&key) {
-                    if offset <= last {
-                        self.backwards.push(Backwards {
-                            process: key.0.clone(),
-                            partition,
-                            from: last,
-                            to: offset,
-                        });
-                    }
-                }
-                self.last_polled.insert(key, offset);
-                self.see(partition, offset, v, "deliver");
-            }
-            EventKind::Commit { partition, offset } => {
-                let c = self.committed.entry(partition).or_insert(offset);
-                *c = (*c).max(offset);
-            }
-            EventKind::Assign { .. } | EventKind::ConsumerStart | EventKind::ConsumerCrash => {
-                // A new assignment or incarnation may legitimately start over.
-                self.last_polled.retain(|(p, _), _| *p != e.process);
-            }
-            EventKind::FaultStart {
-                id,
-                fault,
-                targets,
-                detail,
-            } => {
-                self.faults.push(FaultWindow {
-                    id,
-                    fault,
-                    targets,
-                    detail,
-                    start: e.t,
-                    end: None,
-                });
-            }
-            EventKind::FaultEnd { id, .. } => {
-                if let Some(f) = self
-                    .faults
-                    .iter_mut()
-                    .rev()
-                    .find(|f| f.id == id && f.end.is_none())
-                {
-                    f.end = Some(e.t);
-                }
-            }
+            } => self.on_deliver(&e.process, &value, partition, offset, e.t),
             EventKind::Drain {
                 partition,
                 offset,
                 value,
-            } => {
-                let v = Value::of(&value);
-                self.drain.insert((partition, offset), v.clone());
-                self.drain_by_value
-                    .entry(v.clone())
-                    .or_default()
-                    .push((partition, offset));
-                self.see(partition, offset, v, "drain");
+            } => self.on_drain(&value, partition, offset, e.t),
+            EventKind::Commit { partition, offset } => self.on_commit(partition, offset, e.t),
+            other => {
+                self.tick(e.t);
+                match other {
+                    EventKind::Run {
+                        plan,
+                        seed,
+                        max_in_flight,
+                        ..
+                    } => {
+                        self.plan = plan;
+                        self.seed = seed;
+                        self.max_in_flight = max_in_flight;
+                    }
+                    EventKind::Assign { .. }
+                    | EventKind::ConsumerStart
+                    | EventKind::ConsumerCrash => {
+                        // A new assignment or incarnation may legitimately start over.
+                        let id = self.process_id(&e.process);
+                        self.last_polled.retain(|(p, _), _| *p != id);
+                    }
+                    EventKind::FaultStart {
+                        id,
+                        fault,
+                        targets,
+                        detail,
+                    } => {
+                        self.faults.push(FaultWindow {
+                            id,
+                            fault,
+                            targets,
+                            detail,
+                            start: e.t,
+                            end: None,
+                        });
+                    }
+                    EventKind::FaultEnd { id, .. } => {
+                        if let Some(f) = self
+                            .faults
+                            .iter_mut()
+                            .rev()
+                            .find(|f| f.id == id && f.end.is_none())
+                        {
+                            f.end = Some(e.t);
+                        }
+                    }
+                    EventKind::DrainEnd {
+                        complete, error, ..
+                    } => {
+                        self.drain_complete = Some(complete);
+                        self.drain_error = error;
+                    }
+                    _ => {}
+                }
             }
-            EventKind::DrainEnd {
-                complete, error, ..
-            } => {
-                self.drain_complete = Some(complete);
-                self.drain_error = error;
-            }
-            EventKind::Note { .. } => {}
         }
     }
 
     fn see(&mut self, partition: i32, offset: i64, v: Value, seen_in: &'static str) {
-        match self.first_at.get(&(partition, offset)) {
-            None => {
-                self.first_at.insert((partition, offset), v);
-            }
-            Some(first) if *first != v => {
-                // One conflict per offset is enough to name it.
-                if !self
-                    .conflicts
-                    .iter()
-                    .any(|c| c.partition == partition && c.offset == offset)
-                {
-                    self.conflicts.push(Conflict {
-                        partition,
-                        offset,
-                        first: first.clone(),
-                        second: v,
-                        seen_in,
-                    });
-                }
-            }
-            Some(_) => {}
+        let info = self
+            .offsets
+            .entry((partition, offset))
+            .or_insert(OffsetInfo {
+                value: v,
+                drained: false,
+                processed: false,
+            });
+        let first = info.value;
+        // One conflict per offset is enough to name it.
+        if first != v
+            && !self
+                .conflicts
+                .iter()
+                .any(|c| c.partition == partition && c.offset == offset)
+        {
+            self.conflicts.push(Conflict {
+                partition,
+                offset,
+                first,
+                second: v,
+                seen_in,
+            });
         }
+    }
+
+    /// Whether the drain read this value.
+    pub fn was_drained(&self, v: Value) -> bool {
+        self.drained.contains_key(&v)
     }
 
     /// Faults whose window overlaps [t - before, t + after].
@@ -263,4 +372,11 @@ impl Facts {
             .filter(|f| f.start <= hi && f.end.unwrap_or(u64::MAX) >= lo)
             .collect()
     }
+}
+
+enum Outcome {
+    Invoke,
+    Ok(i32, i64),
+    Fail,
+    Info,
 }

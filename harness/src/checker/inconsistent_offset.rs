@@ -3,14 +3,18 @@
 
 use super::facts::Facts;
 
-/// "partition/offset: first vs second (seen in ...)" for each bad offset.
+/// "partition/offset: first then second (in ...)" for each bad offset.
 pub fn check(f: &Facts) -> Vec<String> {
     f.conflicts
         .iter()
         .map(|c| {
             format!(
                 "{}/{}: {} then {} (in {})",
-                c.partition, c.offset, c.first, c.second, c.seen_in
+                c.partition,
+                c.offset,
+                f.show(c.first),
+                f.show(c.second),
+                c.seen_in
             )
         })
         .collect()

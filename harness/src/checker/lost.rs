@@ -28,7 +28,7 @@ pub fn check(f: &Facts) -> Vec<LostMessage> {
         .iter()
         .filter_map(|(v, s)| {
             let (partition, offset, t) = s.ok?;
-            if f.drain_by_value.contains_key(&Value::Id(*v)) {
+            if f.was_drained(Value::Id(*v)) {
                 return None;
             }
             Some(LostMessage {

@@ -5,14 +5,12 @@ use super::facts::{Facts, Value};
 
 /// Indeterminate sends present in the drain.
 pub fn check(f: &Facts) -> Vec<String> {
-    let mut out: Vec<String> = f
+    let mut out: Vec<_> = f
         .sends
         .iter()
-        .filter(|(v, s)| {
-            s.ok.is_none() && s.infos > 0 && f.drain_by_value.contains_key(&Value::Id(**v))
-        })
-        .map(|(v, _)| v.to_string())
+        .filter(|(v, s)| s.ok.is_none() && s.infos > 0 && f.was_drained(Value::Id(**v)))
+        .map(|(v, _)| *v)
         .collect();
     out.sort();
-    out
+    out.into_iter().map(|v| v.to_string()).collect()
 }

@@ -9,20 +9,10 @@ pub fn check(f: &Facts) -> Vec<String> {
     if f.max_in_flight != 1 {
         return Vec::new();
     }
-    let mut out = Vec::new();
-    let mut keys: Vec<_> = f.ack_order.keys().collect();
-    keys.sort();
-    for key in keys {
-        let mut max = i64::MIN;
-        for &o in &f.ack_order[key] {
-            if o < max {
-                out.push(format!(
-                    "p{} partition {}: offset {o} acked after {max}",
-                    key.0, key.1
-                ));
-            }
-            max = max.max(o);
-        }
-    }
-    out
+    f.reorders
+        .iter()
+        .map(|(producer, p, o, max)| {
+            format!("p{producer} partition {p}: offset {o} acked after {max}")
+        })
+        .collect()
 }

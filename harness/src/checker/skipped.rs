@@ -7,12 +7,12 @@ use super::facts::Facts;
 /// "partition/offset value" of each skipped message.
 pub fn check(f: &Facts) -> Vec<String> {
     let mut out: Vec<(i32, i64, String)> = f
-        .drain
+        .offsets
         .iter()
-        .filter(|((p, o), _)| {
-            f.committed.get(p).is_some_and(|&c| *o < c) && !f.processed.contains(&(*p, *o))
+        .filter(|((p, o), info)| {
+            info.drained && !info.processed && f.committed.get(p).is_some_and(|&c| *o < c)
         })
-        .map(|((p, o), v)| (*p, *o, v.to_string()))
+        .map(|((p, o), info)| (*p, *o, f.show(info.value)))
         .collect();
     out.sort();
     out.into_iter()

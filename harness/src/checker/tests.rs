@@ -92,8 +92,24 @@ impl H {
         );
         self.check()
     }
+    /// Checks through both paths (events in memory, and the JSONL fast
+    /// path of stored histories) and requires the same outcome.
     fn check(&self) -> Outcome {
-        check(self.events.iter().cloned().map(Ok), &defaults()).unwrap()
+        let direct = check(self.events.iter().cloned().map(Ok), &defaults()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        let text: String = self
+            .events
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap() + "\n")
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        let folded = evaluate(&fold(&path).unwrap(), &defaults());
+        assert_eq!(direct.counts, folded.counts);
+        assert_eq!(direct.examples, folded.examples);
+        assert_eq!(direct.stats, folded.stats);
+        assert_eq!(direct.verdict, folded.verdict);
+        direct
     }
 }
 

@@ -7,7 +7,7 @@ use super::facts::{Facts, Value};
 /// Unexpected values found in the drain.
 pub fn check(f: &Facts) -> Vec<String> {
     let mut out: Vec<String> = f
-        .drain_by_value
+        .drained
         .keys()
         .filter(|v| match v {
             Value::Other(_) => true,
@@ -16,7 +16,7 @@ pub fn check(f: &Facts) -> Vec<String> {
                 Some(s) => s.ok.is_none() && s.infos == 0 && s.fails >= s.attempts.max(1),
             },
         })
-        .map(|v| v.to_string())
+        .map(|v| f.show(*v))
         .collect();
     out.sort();
     out
