@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod draw;
 pub mod error;
 pub mod history;
+pub mod lazyfs;
 pub mod nemesis;
 pub mod plan;
 pub mod report;

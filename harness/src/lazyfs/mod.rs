@@ -1,0 +1,707 @@
+//! The lazy filesystem: a FUSE passthrough over a backing directory that
+//! keeps written data in harness memory until the application fsyncs it.
+//!
+//! Durability model (what a power failure keeps):
+//! - `write` and data truncation (`ftruncate`, O_TRUNC) stay pending in
+//!   memory, per file, until `fsync`/`fdatasync` of that file (or `syncfs`
+//!   of the mount); then they are applied to the backing file and fsynced.
+//! - reads and sizes show the merged view (backing file + pending changes).
+//! - metadata (create, mkdir, unlink, rename, chmod) passes through at
+//!   once, as in LazyFS: it survives a power loss even if never fsynced.
+//! - `power_loss` drops every pending change; the torn variant keeps a
+//!   random prefix of each file's last unsynced write.
+//! - `set_disk_error` makes writes and fsyncs fail with EIO until cleared.
+//!
+//! Files are served with direct I/O and zero cache TTLs, so the kernel
+//! never caches data or sizes that a power loss will change.
+
+pub mod pending;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, WriteFlags,
+};
+use pending::{Op, Pending};
+
+const TTL: Duration = Duration::ZERO;
+
+/// What a disk-error fault makes fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskError {
+    pub writes: bool,
+    pub fsyncs: bool,
+}
+
+#[derive(Default)]
+struct State {
+    paths: HashMap<u64, PathBuf>,
+    inos: HashMap<PathBuf, u64>,
+    next_ino: u64,
+    pending: HashMap<u64, Pending>,
+    handles: HashMap<u64, (u64, File)>,
+    next_fh: u64,
+    disk_error: Option<DiskError>,
+}
+
+/// Shared control of a mounted lazy filesystem.
+#[derive(Clone)]
+pub struct LazyFsControl {
+    state: Arc<Mutex<State>>,
+    backing: PathBuf,
+}
+
+struct LazyFs {
+    state: Arc<Mutex<State>>,
+    backing: PathBuf,
+}
+
+/// A mounted lazy filesystem; unmounted on drop.
+pub struct LazyFsMount {
+    pub control: LazyFsControl,
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl Drop for LazyFsMount {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            let _ = s.umount_and_join();
+        }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn errno(e: &std::io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(nix::libc::EIO))
+}
+
+impl State {
+    fn ino_for(&mut self, rel: &Path) -> u64 {
+        if let Some(&i) = self.inos.get(rel) {
+            return i;
+        }
+        self.next_ino += 1;
+        let i = self.next_ino;
+        self.inos.insert(rel.to_path_buf(), i);
+        self.paths.insert(i, rel.to_path_buf());
+        i
+    }
+
+    fn rel(&self, ino: INodeNo) -> Option<PathBuf> {
+        self.paths.get(&ino.0).cloned()
+    }
+
+    /// Applies a file's pending changes to the backing file and fsyncs it.
+    fn sync(&mut self, backing: &Path, ino: u64) -> std::io::Result<()> {
+        let Some(p) = self.pending.get(&ino) else {
+            return Ok(());
+        };
+        let Some(rel) = self.paths.get(&ino) else {
+            return Ok(());
+        };
+        let path = backing.join(rel);
+        apply(&path, &p.ops)?;
+        self.pending.remove(&ino);
+        Ok(())
+    }
+}
+
+/// Writes ops into a backing file and fsyncs it.
+fn apply(path: &Path, ops: &[Op]) -> std::io::Result<()> {
+    let f = OpenOptions::new().write(true).open(path)?;
+    for op in ops {
+        match op {
+            Op::Write { offset, data } => f.write_all_at(data, *offset)?,
+            Op::Truncate(s) => f.set_len(*s)?,
+        }
+    }
+    f.sync_all()
+}
+
+impl LazyFs {
+    fn attr(&self, st: &State, ino: u64, rel: &Path) -> std::io::Result<FileAttr> {
+        let md = std::fs::symlink_metadata(self.backing.join(rel))?;
+        let kind = if md.is_dir() {
+            FileType::Directory
+        } else if md.file_type().is_symlink() {
+            FileType::Symlink
+        } else {
+            FileType::RegularFile
+        };
+        let size = match st.pending.get(&ino) {
+            Some(p) if kind == FileType::RegularFile => p.size(md.len()),
+            _ => md.len(),
+        };
+        let t = |s: i64, ns: i64| UNIX_EPOCH + Duration::new(s.max(0) as u64, ns as u32);
+        Ok(FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: t(md.atime(), md.atime_nsec()),
+            mtime: t(md.mtime(), md.mtime_nsec()),
+            ctime: t(md.ctime(), md.ctime_nsec()),
+            crtime: t(md.ctime(), md.ctime_nsec()),
+            kind,
+            perm: (md.mode() & 0o7777) as u16,
+            nlink: md.nlink() as u32,
+            uid: md.uid(),
+            gid: md.gid(),
+            rdev: md.rdev() as u32,
+            blksize: 4096,
+            flags: 0,
+        })
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
+        let st = lock(&self.state);
+        let p = st.rel(parent).ok_or(Errno::ENOENT)?;
+        Ok(p.join(name))
+    }
+
+    fn entry(&self, rel: &Path, reply: ReplyEntry) {
+        let mut st = lock(&self.state);
+        let ino = st.ino_for(rel);
+        match self.attr(&st, ino, rel) {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open_handle(&self, ino: u64, rel: &Path) -> std::io::Result<u64> {
+        let f = OpenOptions::new().read(true).open(self.backing.join(rel))?;
+        let mut st = lock(&self.state);
+        st.next_fh += 1;
+        let fh = st.next_fh;
+        st.handles.insert(fh, (ino, f));
+        Ok(fh)
+    }
+}
+
+impl Filesystem for LazyFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.child(parent, name) {
+            Ok(rel) => self.entry(&rel, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let st = lock(&self.state);
+        let Some(rel) = st.rel(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.attr(&st, ino.0, &rel) {
+            Ok(a) => reply.attr(&TTL, &a),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let mut st = lock(&self.state);
+        let Some(rel) = st.rel(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if let Some(m) = mode {
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(e) = std::fs::set_permissions(
+                self.backing.join(&rel),
+                std::fs::Permissions::from_mode(m),
+            ) {
+                return reply.error(errno(&e));
+            }
+        }
+        if let Some(s) = size {
+            if st.disk_error.is_some_and(|d| d.writes) {
+                return reply.error(Errno::EIO);
+            }
+            st.pending.entry(ino.0).or_default().truncate(s);
+        }
+        match self.attr(&st, ino.0, &rel) {
+            Ok(a) => reply.attr(&TTL, &a),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let rel = match self.child(parent, name) {
+            Ok(r) => r,
+            Err(e) => return reply.error(e),
+        };
+        let path = self.backing.join(&rel);
+        if let Err(e) = std::fs::create_dir(&path) {
+            return reply.error(errno(&e));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777));
+        self.entry(&rel, reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let rel = match self.child(parent, name) {
+            Ok(r) => r,
+            Err(e) => return reply.error(e),
+        };
+        match std::fs::remove_file(self.backing.join(&rel)) {
+            Ok(()) => {
+                let mut st = lock(&self.state);
+                if let Some(ino) = st.inos.remove(&rel) {
+                    st.paths.remove(&ino);
+                    st.pending.remove(&ino);
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let rel = match self.child(parent, name) {
+            Ok(r) => r,
+            Err(e) => return reply.error(e),
+        };
+        match std::fs::remove_dir(self.backing.join(&rel)) {
+            Ok(()) => {
+                let mut st = lock(&self.state);
+                if let Some(ino) = st.inos.remove(&rel) {
+                    st.paths.remove(&ino);
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (from, to) = match (self.child(parent, name), self.child(newparent, newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        if let Err(e) = std::fs::rename(self.backing.join(&from), self.backing.join(&to)) {
+            return reply.error(errno(&e));
+        }
+        let mut st = lock(&self.state);
+        // The replaced file (if any) is gone; everything under `from` moves.
+        if let Some(old) = st.inos.remove(&to) {
+            st.paths.remove(&old);
+            st.pending.remove(&old);
+        }
+        let moved: Vec<(PathBuf, u64)> = st
+            .inos
+            .iter()
+            .filter(|(p, _)| p.starts_with(&from))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
+        for (p, i) in moved {
+            let rest = p.strip_prefix(&from).expect("prefix");
+            // join("") would add a trailing slash to the renamed entry itself.
+            let np = if rest.as_os_str().is_empty() {
+                to.clone()
+            } else {
+                to.join(rest)
+            };
+            st.inos.remove(&p);
+            st.inos.insert(np.clone(), i);
+            st.paths.insert(i, np);
+        }
+        reply.ok()
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let Some(rel) = lock(&self.state).rel(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.open_handle(ino.0, &rel) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let st = lock(&self.state);
+        let Some((_, file)) = st.handles.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let durable_size = match file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let mut durable =
+            vec![0u8; (size as u64).min(durable_size.saturating_sub(offset)) as usize];
+        let mut got = 0;
+        while got < durable.len() {
+            match file.read_at(&mut durable[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => return reply.error(errno(&e)),
+            }
+        }
+        durable.truncate(got);
+        match st.pending.get(&ino.0) {
+            None => reply.data(&durable),
+            Some(p) => reply.data(&p.read(offset, size as usize, &durable, durable_size)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let mut st = lock(&self.state);
+        if st.disk_error.is_some_and(|d| d.writes) {
+            return reply.error(Errno::EIO);
+        }
+        st.pending.entry(ino.0).or_default().write(offset, data);
+        reply.written(data.len() as u32);
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close() is not a durability point.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.state).handles.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let mut st = lock(&self.state);
+        if st.disk_error.is_some_and(|d| d.fsyncs) {
+            return reply.error(Errno::EIO);
+        }
+        match st.sync(&self.backing, ino.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let mut st = lock(&self.state);
+        let Some(rel) = st.rel(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let entries = match std::fs::read_dir(self.backing.join(&rel)) {
+            Ok(rd) => rd,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let mut list = vec![
+            (ino.0, FileType::Directory, ".".into()),
+            (ino.0, FileType::Directory, "..".into()),
+        ];
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let kind = match e.file_type() {
+                Ok(t) if t.is_dir() => FileType::Directory,
+                Ok(t) if t.is_symlink() => FileType::Symlink,
+                _ => FileType::RegularFile,
+            };
+            let child = st.ino_for(&rel.join(&name));
+            list.push((child, kind, name));
+        }
+        for (i, (child, kind, name)) in list.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), (i + 1) as u64, kind, &name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Metadata passes through at once; sync the backing directory too.
+        let Some(rel) = lock(&self.state).rel(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match File::open(self.backing.join(rel)).and_then(|d| d.sync_all()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match nix::sys::statvfs::statvfs(&self.backing) {
+            Ok(s) => reply.statfs(
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
+                s.block_size() as u32,
+                s.name_max() as u32,
+                s.fragment_size() as u32,
+            ),
+            Err(e) => reply.error(Errno::from_i32(e as i32)),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let rel = match self.child(parent, name) {
+            Ok(r) => r,
+            Err(e) => return reply.error(e),
+        };
+        let path = self.backing.join(&rel);
+        let excl = flags & nix::libc::O_EXCL != 0;
+        let created = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .create_new(excl)
+            .truncate(false)
+            .open(&path);
+        if let Err(e) = created {
+            return reply.error(errno(&e));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777));
+        let ino = lock(&self.state).ino_for(&rel);
+        let fh = match self.open_handle(ino, &rel) {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let st = lock(&self.state);
+        match self.attr(&st, ino, &rel) {
+            Ok(a) => reply.created(
+                &TTL,
+                &a,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_DIRECT_IO,
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+impl LazyFsControl {
+    /// Drops every unsynced change (power failure). With `torn`, each
+    /// file's last unsynced write leaves a prefix of `torn(len)` bytes.
+    pub fn power_loss(
+        &self,
+        mut torn: Option<&mut dyn FnMut(usize) -> usize>,
+    ) -> Result<PowerLoss, String> {
+        let mut st = lock(&self.state);
+        let mut report = PowerLoss::default();
+        let pending = std::mem::take(&mut st.pending);
+        for (ino, p) in pending {
+            report.files += 1;
+            report.bytes_lost += p
+                .ops
+                .iter()
+                .map(|op| {
+                    if let Op::Write { data, .. } = op {
+                        data.len() as u64
+                    } else {
+                        0
+                    }
+                })
+                .sum::<u64>();
+            if let Some(pick) = torn.as_mut() {
+                let last = p
+                    .ops
+                    .iter()
+                    .rev()
+                    .find_map(|op| {
+                        if let Op::Write { data, .. } = op {
+                            Some(data.len())
+                        } else {
+                            None
+                        }
+                    })
+                    .unwrap_or(0);
+                let keep = pick(last);
+                let ops = p.torn_prefix(keep);
+                if let Some(rel) = st.paths.get(&ino) {
+                    apply(&self.backing.join(rel), &ops)
+                        .map_err(|e| format!("torn write to {}: {e}", rel.display()))?;
+                    report.bytes_lost -= ops
+                        .iter()
+                        .map(|op| {
+                            if let Op::Write { data, .. } = op {
+                                data.len() as u64
+                            } else {
+                                0
+                            }
+                        })
+                        .sum::<u64>();
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Makes writes and/or fsyncs fail with EIO (None: heal).
+    pub fn set_disk_error(&self, e: Option<DiskError>) {
+        lock(&self.state).disk_error = e;
+    }
+
+    /// Bytes written but not yet fsynced.
+    pub fn unsynced_bytes(&self) -> u64 {
+        lock(&self.state)
+            .pending
+            .values()
+            .flat_map(|p| &p.ops)
+            .map(|op| {
+                if let Op::Write { data, .. } = op {
+                    data.len() as u64
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+
+    /// The backing directory (what survives).
+    pub fn backing(&self) -> &Path {
+        &self.backing
+    }
+}
+
+/// What a power loss dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PowerLoss {
+    pub files: usize,
+    pub bytes_lost: u64,
+}
+
+/// Mounts a lazy filesystem of `backing` at `mountpoint` (both must exist).
+pub fn mount(backing: &Path, mountpoint: &Path) -> Result<LazyFsMount, String> {
+    let state = Arc::new(Mutex::new(State::default()));
+    {
+        let mut st = lock(&state);
+        st.next_ino = 1;
+        st.paths.insert(1, PathBuf::new());
+        st.inos.insert(PathBuf::new(), 1);
+    }
+    let fs = LazyFs {
+        state: state.clone(),
+        backing: backing.to_path_buf(),
+    };
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName("unlost-lazyfs".into()),
+        fuser::MountOption::Subtype("lazyfs".into()),
+    ];
+    let session = fuser::spawn_mount(fs, mountpoint, &config)
+        .map_err(|e| format!("mount lazy filesystem at {}: {e}", mountpoint.display()))?;
+    Ok(LazyFsMount {
+        control: LazyFsControl {
+            state,
+            backing: backing.to_path_buf(),
+        },
+        session: Some(session),
+    })
+}
