@@ -77,6 +77,6 @@ pub fn report() -> i32 {
         );
     }
     println!("\nprocess faults (kill, pause, restart, consumer-crash) need nothing beyond the broker binary.");
-    println!("network and storage faults (partition, packet-loss, power-loss, drop-kernel-caches, corrupt, disk-error) are not in this version yet.");
+    println!("network faults (partition, packet-loss) are not in this version yet.");
     0
 }

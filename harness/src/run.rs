@@ -98,9 +98,32 @@ fn resolved_plan(plan: &Plan, seed: u64, duration: Duration) -> String {
     lines.join("\n") + "\n"
 }
 
+/// Fails with exit 3, naming it, when the plan needs what this machine lacks.
+pub fn check_capabilities(plan: &Plan) -> Result<(), Error> {
+    if plan.lazyfs && !Path::new("/dev/fuse").exists() {
+        return Err(Error::Capability {
+            what: "/dev/fuse".into(),
+            hint: "storage.lazyfs mounts a FUSE filesystem: load the fuse module".into(),
+        });
+    }
+    let drops = plan
+        .faults
+        .iter()
+        .flat_map(|f| &f.actions)
+        .any(|(a, _)| a.kind == crate::plan::FaultKind::DropKernelCaches);
+    if drops && !crate::sandbox::real_root() {
+        return Err(Error::Capability {
+            what: "real root".into(),
+            hint: "drop-kernel-caches writes /proc/sys/vm/drop_caches: run as root".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Runs a plan end to end.
 pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
     let started = Instant::now();
+    check_capabilities(plan)?;
     let seed = opts.seed.or(plan.seed).unwrap_or_else(fresh_seed);
     let duration = opts.duration.unwrap_or(plan.duration);
     let out = opts.out.clone().unwrap_or_else(|| PathBuf::from("runs"));
@@ -127,8 +150,8 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
     );
 
     let spec = plan.cluster.clone();
-    let d = dir.clone();
-    let cluster = tokio::task::spawn_blocking(move || Cluster::start(&spec, &d))
+    let (d, lazyfs) = (dir.clone(), plan.lazyfs);
+    let cluster = tokio::task::spawn_blocking(move || Cluster::start(&spec, lazyfs, &d))
         .await
         .map_err(|e| Error::Harness(e.to_string()))??;
     let bootstrap = cluster.bootstrap();

@@ -1,6 +1,7 @@
 //! Workload driver benchmark: the highest acknowledged msgs/s the harness
-//! sustains against the builtin broker (acks=1, flush ms:1000), with every
-//! attempt recorded in the history. Prints figures; asserts nothing.
+//! sustains against the builtin broker at acks=1, with every attempt
+//! recorded in the history, with and without the lazy filesystem.
+//! Prints figures; asserts nothing about speed.
 //!
 //! Run: `cargo bench -p unlost-tests --bench harness`
 //! Env: DRIVER_RATE (offered msgs/s, default 200000), DRIVER_SECONDS (15).
@@ -9,21 +10,14 @@ use std::process::Command;
 
 use unlost_tests::binary;
 
-fn main() {
-    let rate: u64 = std::env::var("DRIVER_RATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
-    let secs: u64 = std::env::var("DRIVER_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(15);
+/// One run: (acked msgs/s, acked, history MiB, check seconds).
+fn run(rate: u64, secs: u64, flush: &str, lazyfs: bool) -> (f64, f64, f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let plan = dir.path().join("driver.yaml");
     std::fs::write(
         &plan,
         format!(
-            "name: driver-bench\nduration: {secs}s\ncluster: {{ broker: builtin, nodes: 1, settings: {{ flush: ms:1000 }} }}\ntopic: {{ partitions: 8, replication_factor: 1 }}\nproducers: {{ count: 4, rate: {rate}/s, acks: 1, size: 64..128 }}\n"
+            "name: driver-bench\nduration: {secs}s\ncluster: {{ broker: builtin, nodes: 1, settings: {{ flush: \"{flush}\" }} }}\ntopic: {{ partitions: 8, replication_factor: 1 }}\nproducers: {{ count: 4, rate: {rate}/s, acks: 1, size: 64..128 }}\nstorage: {{ lazyfs: {lazyfs} }}\n"
         ),
     )
     .unwrap();
@@ -39,6 +33,12 @@ fn main() {
         ])
         .output()
         .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let run = std::fs::read_dir(&out)
         .unwrap()
         .next()
@@ -49,13 +49,39 @@ fn main() {
         serde_json::from_slice(&std::fs::read(run.join("results.json")).unwrap()).unwrap();
     let acked = r["counts"]["acked"].as_f64().unwrap();
     let phase = r["timings"]["fault_phase_s"].as_f64().unwrap();
-    let history = std::fs::metadata(run.join("history.jsonl")).unwrap().len();
-    println!("unlost driver benchmark: 1 builtin node (own network namespace), 4 producers, 8 partitions, acks=1, flush ms:1000");
-    println!(
-        "offered {rate} msgs/s for {secs}s: acked {acked:.0} in {phase:.1}s = {:.0} acked msgs/s; history {:.0} MiB; exit {}; check took {:.2}s",
+    let history = std::fs::metadata(run.join("history.jsonl")).unwrap().len() as f64 / 1048576.0;
+    (
         acked / phase,
-        history as f64 / 1048576.0,
-        o.status.code().unwrap_or(-1),
-        r["timings"]["check_s"].as_f64().unwrap()
+        acked,
+        history,
+        r["timings"]["check_s"].as_f64().unwrap(),
+    )
+}
+
+fn main() {
+    let rate: u64 = std::env::var("DRIVER_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let secs: u64 = std::env::var("DRIVER_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    println!("unlost driver benchmark: 1 builtin node (own network namespace), 4 producers, 8 partitions, acks=1, offered {rate} msgs/s for {secs}s");
+    println!(
+        "{:<10}{:<9}{:>16}{:>12}{:>14}{:>10}",
+        "flush", "lazyfs", "acked msgs/s", "acked", "history MiB", "check s"
     );
+    for (flush, lazyfs) in [
+        ("ms:1000", false),
+        ("ms:1000", true),
+        ("always", false),
+        ("always", true),
+    ] {
+        let (per_s, acked, mib, check) = run(rate, secs, flush, lazyfs);
+        println!(
+            "{flush:<10}{:<9}{per_s:>16.0}{acked:>12.0}{mib:>14.0}{check:>10.2}",
+            if lazyfs { "yes" } else { "no" }
+        );
+    }
 }

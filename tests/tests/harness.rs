@@ -292,3 +292,82 @@ fn sigkill_of_the_harness_leaves_no_broker_behind() {
         "a mount under the run dir survived: {mounts}"
     );
 }
+
+#[test]
+fn async_flush_loses_acknowledged_messages_on_power_loss() {
+    let (o, _, r, _out) = run_plan("plans/seed/storage-async-flush-power-loss.yaml", "12s");
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        count(&r, "lost") > 0,
+        "the negative control must lose data: {r}"
+    );
+    let lost = &r["lost"][0];
+    assert!(
+        lost["faults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f.as_str().unwrap().starts_with("power-loss")),
+        "loss attributed to the power loss: {lost}"
+    );
+}
+
+#[test]
+fn flush_always_loses_nothing_on_power_loss() {
+    let (o, _, r, _out) = run_plan("plans/seed/storage-flush-always-power-loss.yaml", "20s");
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(count(&r, "lost"), 0);
+    let kinds: Vec<&str> = r["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["power-loss", "torn-power-loss"]);
+}
+
+#[test]
+fn disk_errors_cache_drops_and_corruption_run_and_are_recorded() {
+    let out = tempfile::tempdir().unwrap();
+    let plan = out.path().join("disk.yaml");
+    std::fs::write(
+        &plan,
+        "name: disk\nduration: 9s\ncluster: { nodes: 1, settings: { flush: always } }\ntopic: { partitions: 1, replication_factor: 1 }\nproducers: { count: 1, rate: 300/s }\nstorage: { lazyfs: true }\nfaults:\n  - { at: 2s, for: 1s, disk-error: all }\n  - { at: 4s, drop-kernel-caches: all }\n  - { at: 6s, corrupt: all, how: truncate }\nexpect: { lost: any, unexpected: any, inconsistent-offset: any }\n",
+    )
+    .unwrap();
+    let runs = out.path().join("runs");
+    let o = unlost(&[
+        "run",
+        plan.to_str().unwrap(),
+        "--out",
+        runs.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let dir = run_dir(&runs);
+    let r = results(&dir);
+    let faults: Vec<(String, bool)> = r["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["kind"].as_str().unwrap().to_string(), f["end_s"].is_f64()))
+        .collect();
+    assert_eq!(
+        faults,
+        vec![
+            ("disk-error".into(), true),
+            ("drop-kernel-caches".into(), true),
+            ("corrupt-truncate".into(), true)
+        ]
+    );
+    let history = std::fs::read_to_string(dir.join("history.jsonl")).unwrap();
+    assert!(
+        history.contains("bytes from the end of"),
+        "the corruption is described"
+    );
+    let log = std::fs::read_to_string(dir.join("nodes/1.log")).unwrap();
+    assert!(
+        log.contains("append failed") && log.contains("Input/output error"),
+        "the broker saw the disk error: {}",
+        &log[..log.len().min(2000)]
+    );
+}

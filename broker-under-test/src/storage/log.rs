@@ -224,12 +224,12 @@ impl PartitionLog {
         let dir = self.dir.clone();
         let active = self.segments.values_mut().next_back().expect("a segment");
         let result = active.append(buf, headers);
-        if result.is_err() {
+        if let Err(e) = &result {
             // A failed write may have left part of the bytes: cut back to the
             // last known batch boundary so the next append starts clean.
             let (size, next) = (active.size, active.next_offset);
             let _ = active.truncate(size, next);
-            tracing::error!(dir = %dir.display(), "append failed; truncated back to offset {next}");
+            tracing::error!(dir = %dir.display(), "append failed ({e}); truncated back to offset {next}");
         }
         result
     }

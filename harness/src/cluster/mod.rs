@@ -104,6 +104,8 @@ pub struct Node {
     pub state: NodeState,
     /// The node's own network namespace (None: the harness's loopback).
     netns: Option<crate::sandbox::Host>,
+    /// The lazy filesystem over the data dir (storage.lazyfs).
+    lazyfs: Option<crate::lazyfs::LazyFsMount>,
 }
 
 impl Node {
@@ -132,7 +134,7 @@ fn free_port(host: &str) -> Result<u16, Error> {
 
 impl Cluster {
     /// Starts every node and waits until each is ready.
-    pub fn start(spec: &ClusterSpec, run_dir: &Path) -> Result<Cluster, Error> {
+    pub fn start(spec: &ClusterSpec, lazyfs: bool, run_dir: &Path) -> Result<Cluster, Error> {
         let recipe = NodeRecipe::for_spec(spec)?;
         let nodes_dir = run_dir.join("nodes");
         let mut nodes = Vec::new();
@@ -149,7 +151,21 @@ impl Cluster {
             std::fs::create_dir_all(&data_dir)
                 .map_err(|e| Error::Harness(format!("create {}: {e}", data_dir.display())))?;
             let log = nodes_dir.join(format!("{id}.log"));
+            let lazyfs = if lazyfs {
+                let backing = nodes_dir.join(id.to_string()).join("backing");
+                std::fs::create_dir_all(&backing)
+                    .map_err(|e| Error::Harness(format!("create {}: {e}", backing.display())))?;
+                Some(
+                    crate::lazyfs::mount(&backing, &data_dir).map_err(|e| Error::Capability {
+                        what: "a FUSE mount for storage.lazyfs".into(),
+                        hint: e,
+                    })?,
+                )
+            } else {
+                None
+            };
             nodes.push(Node {
+                lazyfs,
                 id,
                 host,
                 port,
@@ -366,12 +382,105 @@ impl Cluster {
         Ok(())
     }
 
-    /// Kills every node (also on drop).
+    /// Kills every node and unmounts its lazy filesystem (also on drop).
     pub fn shutdown(&mut self) {
         let ids: Vec<u32> = self.nodes.iter().map(|n| n.id).collect();
         for id in ids {
             let _ = self.kill(id);
         }
+        for n in &mut self.nodes {
+            n.lazyfs = None;
+        }
+    }
+
+    fn lazyfs(&mut self, id: u32) -> Result<crate::lazyfs::LazyFsControl, Error> {
+        self.node(id)?
+            .lazyfs
+            .as_ref()
+            .map(|m| m.control.clone())
+            .ok_or_else(|| Error::Harness(format!("node {id} has no lazy filesystem")))
+    }
+
+    /// Power failure of one node: SIGKILL, then every unsynced write is
+    /// lost (`torn` picks how much of each file's last write survives).
+    /// Returns the bytes lost. The node stays down until `restart`.
+    pub fn power_loss(
+        &mut self,
+        id: u32,
+        torn: Option<&mut dyn FnMut(usize) -> usize>,
+    ) -> Result<u64, Error> {
+        self.kill(id)?;
+        let lost = self.lazyfs(id)?.power_loss(torn).map_err(Error::Harness)?;
+        Ok(lost.bytes_lost)
+    }
+
+    /// Makes the node's disk fail writes and fsyncs with EIO (None: heal).
+    pub fn disk_error(&mut self, id: u32, on: bool) -> Result<(), Error> {
+        let e = on.then_some(crate::lazyfs::DiskError {
+            writes: true,
+            fsyncs: true,
+        });
+        self.lazyfs(id)?.set_disk_error(e);
+        Ok(())
+    }
+
+    /// Stops the node, damages its newest segment file (`*.log` if any,
+    /// else the newest file) as the broker sees it, and starts it again.
+    /// `pick(n)` draws a number below n. Returns what was done.
+    pub fn corrupt(
+        &mut self,
+        id: u32,
+        truncate: bool,
+        pick: &mut dyn FnMut(u64) -> u64,
+    ) -> Result<String, Error> {
+        self.kill(id)?;
+        let dir = self.node(id)?.data_dir.clone();
+        let file = newest_file(&dir).ok_or_else(|| {
+            Error::Harness(format!(
+                "node {id} has no data file to corrupt in {}",
+                dir.display()
+            ))
+        })?;
+        let len = std::fs::metadata(&file)
+            .map_err(|e| Error::Harness(format!("stat {}: {e}", file.display())))?
+            .len();
+        let done = if len == 0 {
+            format!("{} is empty: nothing to damage", file.display())
+        } else if truncate {
+            let cut = 1 + pick(len.min(4096));
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&file)
+                .map_err(|e| Error::Harness(format!("open {}: {e}", file.display())))?;
+            f.set_len(len - cut)
+                .and_then(|_| f.sync_all())
+                .map_err(|e| Error::Harness(format!("truncate {}: {e}", file.display())))?;
+            format!("cut {cut} bytes from the end of {}", file.display())
+        } else {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&file)
+                .map_err(|e| Error::Harness(format!("open {}: {e}", file.display())))?;
+            let window = len.min(65536);
+            let mut flipped = Vec::new();
+            for _ in 0..8 {
+                let at = len - window + pick(window);
+                let mut b = [0u8; 1];
+                f.read_exact_at(&mut b, at)
+                    .map_err(|e| Error::Harness(format!("read {}: {e}", file.display())))?;
+                b[0] ^= 1 << pick(8);
+                f.write_all_at(&b, at)
+                    .map_err(|e| Error::Harness(format!("write {}: {e}", file.display())))?;
+                flipped.push(at);
+            }
+            f.sync_all()
+                .map_err(|e| Error::Harness(format!("fsync {}: {e}", file.display())))?;
+            format!("flipped bits at bytes {flipped:?} of {}", file.display())
+        };
+        self.restart(id)?;
+        Ok(done)
     }
 
     /// Node ids.
@@ -384,6 +493,28 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The newest `*.log` file under `dir` (or the newest file when none).
+fn newest_file(dir: &Path) -> Option<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let p = e.path();
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(p),
+                Ok(m) if m.is_file() => files.push((
+                    p.extension().is_some_and(|x| x == "log"),
+                    m.modified().ok(),
+                    p,
+                )),
+                _ => {}
+            }
+        }
+    }
+    files.sort();
+    files.pop().map(|(_, _, p)| p)
 }
 
 fn tail(path: &Path, lines: usize) -> String {

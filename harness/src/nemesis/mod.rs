@@ -183,7 +183,7 @@ impl Nemesis {
             target,
             consumers,
         } = &p.action;
-        let name = fault_name(kind);
+        let name = kind.name();
         if *kind == FaultKind::ConsumerCrash {
             let crashed = self.consumers.crash(*consumers as usize, &mut self.draw);
             self.history.record(
@@ -226,21 +226,53 @@ impl Nemesis {
         );
         let cluster = self.cluster.clone();
         let (k, ns) = (kind.clone(), nodes.clone());
-        blocking(move || -> Result<(), Error> {
+        let mut pick = Draw::new(self.draw.value(0u64..u64::MAX), "pick");
+        let outcome = blocking(move || -> Result<Vec<String>, Error> {
             let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
+            let mut notes = Vec::new();
+            if k == FaultKind::DropKernelCaches {
+                return drop_kernel_caches()
+                    .map(|()| vec!["sync; echo 3 > /proc/sys/vm/drop_caches".into()]);
+            }
             for id in ns {
                 match k {
                     FaultKind::Kill => c.kill(id)?,
                     FaultKind::Pause => c.pause(id)?,
                     FaultKind::Restart => c.clean_restart(id)?,
-                    FaultKind::ConsumerCrash => {}
+                    FaultKind::PowerLoss { torn } => {
+                        let mut keep = |len: usize| if len == 0 { 0 } else { pick.value(0..len) };
+                        let torn: Option<&mut dyn FnMut(usize) -> usize> =
+                            if torn { Some(&mut keep) } else { None };
+                        let lost = c.power_loss(id, torn)?;
+                        notes.push(format!("node {id}: {lost} unsynced bytes lost"));
+                    }
+                    FaultKind::DiskError => c.disk_error(id, true)?,
+                    FaultKind::Corrupt { truncate } => {
+                        let mut below = |n: u64| if n == 0 { 0 } else { pick.value(0..n) };
+                        notes.push(format!(
+                            "node {id}: {}",
+                            c.corrupt(id, truncate, &mut below)?
+                        ));
+                    }
+                    FaultKind::ConsumerCrash | FaultKind::DropKernelCaches => {}
                 }
             }
-            Ok(())
+            Ok(notes)
         })
         .await?;
+        for note in outcome {
+            self.history.record(
+                "nemesis",
+                EventKind::Note {
+                    message: format!("{name}#{id} {note}"),
+                },
+            );
+        }
         match kind {
-            FaultKind::Kill | FaultKind::Pause => {
+            FaultKind::Kill
+            | FaultKind::Pause
+            | FaultKind::PowerLoss { .. }
+            | FaultKind::DiskError => {
                 let until = p.hold.map(|h| Instant::now() + h);
                 self.active.push(Active {
                     id,
@@ -272,8 +304,9 @@ impl Nemesis {
             let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
             for id in ns.into_iter().filter(|n| !still.contains(n)) {
                 match k {
-                    FaultKind::Kill => c.restart(id)?,
+                    FaultKind::Kill | FaultKind::PowerLoss { .. } => c.restart(id)?,
                     FaultKind::Pause => c.resume(id)?,
+                    FaultKind::DiskError => c.disk_error(id, false)?,
                     _ => {}
                 }
             }
@@ -284,7 +317,7 @@ impl Nemesis {
             "nemesis",
             EventKind::FaultEnd {
                 id: a.id,
-                fault: fault_name(&a.kind).into(),
+                fault: a.kind.name().into(),
                 targets: a.nodes,
             },
         );
@@ -308,18 +341,18 @@ impl Nemesis {
         let list = self
             .active
             .iter()
-            .map(|a| format!("{}#{}{:?}", fault_name(&a.kind), a.id, a.nodes))
+            .map(|a| format!("{}#{}{:?}", a.kind.name(), a.id, a.nodes))
             .collect();
         *self.shown.lock().unwrap_or_else(|e| e.into_inner()) = list;
     }
 }
 
-/// The name a fault has in plans and histories.
-pub fn fault_name(kind: &FaultKind) -> &'static str {
-    match kind {
-        FaultKind::Kill => "kill",
-        FaultKind::Pause => "pause",
-        FaultKind::Restart => "restart",
-        FaultKind::ConsumerCrash => "consumer-crash",
-    }
+/// sync, then drop the kernel's page cache, dentries and inodes. The
+/// kernel never drops dirty pages, so this alone cannot lose data.
+fn drop_kernel_caches() -> Result<(), Error> {
+    nix::unistd::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").map_err(|e| Error::Capability {
+        what: "write access to /proc/sys/vm/drop_caches".into(),
+        hint: format!("{e}: drop-kernel-caches needs real root"),
+    })
 }

@@ -152,6 +152,38 @@ pub enum FaultKind {
     Restart,
     /// Kill a consumer mid-batch (no commit, no close) and start a new one.
     ConsumerCrash,
+    /// SIGKILL, then drop every write not yet fsynced (lazy filesystem);
+    /// `torn` keeps a random prefix of each file's last write. Inverse: restart.
+    PowerLoss { torn: bool },
+    /// Writes and fsyncs fail with EIO (lazy filesystem). Inverse: heal.
+    DiskError,
+    /// sync, then drop the kernel's clean caches (real root). No inverse.
+    DropKernelCaches,
+    /// Stop the node, damage its newest segment file, start it again.
+    Corrupt { truncate: bool },
+}
+
+impl FaultKind {
+    /// The name in plans and histories.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Restart => "restart",
+            FaultKind::ConsumerCrash => "consumer-crash",
+            FaultKind::PowerLoss { torn: false } => "power-loss",
+            FaultKind::PowerLoss { torn: true } => "torn-power-loss",
+            FaultKind::DiskError => "disk-error",
+            FaultKind::DropKernelCaches => "drop-kernel-caches",
+            FaultKind::Corrupt { truncate: false } => "corrupt",
+            FaultKind::Corrupt { truncate: true } => "corrupt-truncate",
+        }
+    }
+
+    /// Whether it needs the lazy filesystem.
+    pub fn needs_lazyfs(&self) -> bool {
+        matches!(self, FaultKind::PowerLoss { .. } | FaultKind::DiskError)
+    }
 }
 
 /// One fault action and its target.
@@ -356,18 +388,33 @@ fn actions_of(
         [] => Ok(None),
         [(name, v)] => {
             let kpath = format!("{path}.{name}");
+            let opts = a;
             let kind = match *name {
                 "kill" => FaultKind::Kill,
                 "pause" => FaultKind::Pause,
                 "restart" => FaultKind::Restart,
                 "consumer-crash" => FaultKind::ConsumerCrash,
+                "power-loss" => FaultKind::PowerLoss { torn: opts.torn.unwrap_or(false) },
+                "disk-error" => FaultKind::DiskError,
+                "drop-kernel-caches" => FaultKind::DropKernelCaches,
+                "corrupt" => match opts.how.as_deref().unwrap_or("bitflip") {
+                    "bitflip" => FaultKind::Corrupt { truncate: false },
+                    "truncate" => FaultKind::Corrupt { truncate: true },
+                    other => return Err(ctx.err(&format!("{path}.how"), format!("unknown corruption {other:?}: use bitflip or truncate"))),
+                },
                 other => {
                     return Err(ctx.err(
                         &kpath,
-                        format!("fault {other} is not available in this version of unlost (process faults: kill, pause, restart, consumer-crash)"),
+                        format!("fault {other} is not available in this version of unlost (network faults come with nftables support)"),
                     ))
                 }
             };
+            if opts.torn.is_some() && !matches!(kind, FaultKind::PowerLoss { .. }) {
+                return Err(ctx.err(&format!("{path}.torn"), "torn goes with power-loss"));
+            }
+            if opts.how.is_some() && !matches!(kind, FaultKind::Corrupt { .. }) {
+                return Err(ctx.err(&format!("{path}.how"), "how goes with corrupt"));
+            }
             if kind == FaultKind::ConsumerCrash {
                 let n = match v {
                     Scalar::Int(n) if *n >= 1 => *n as u32,
@@ -695,12 +742,6 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
     };
 
     let lazyfs = raw.storage.lazyfs.unwrap_or(false);
-    if lazyfs {
-        return Err(ctx.err(
-            "storage.lazyfs",
-            "the lazy filesystem is not available in this version of unlost",
-        ));
-    }
 
     // faults
     let mut faults = Vec::new();
@@ -807,6 +848,15 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
             (None, None) => return Err(ctx.err(&path, "a fault needs an action: kill, pause, restart or consumer-crash (or choose: [...])")),
         };
         for (a, _) in &actions {
+            if a.kind.needs_lazyfs() && !lazyfs {
+                return Err(ctx.err(
+                    &path,
+                    format!(
+                        "{} needs the lazy filesystem: set storage: {{ lazyfs: true }}",
+                        a.kind.name()
+                    ),
+                ));
+            }
             if a.kind == FaultKind::ConsumerCrash && consumers.count == 0 {
                 return Err(ctx.err(
                     &path,

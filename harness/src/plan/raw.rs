@@ -132,6 +132,10 @@ pub struct RawFault {
 /// At most one of these is set.
 #[derive(Debug, Default, Deserialize)]
 pub struct RawAction {
+    /// power-loss: keep a random prefix of each file's last unsynced write.
+    pub torn: Option<bool>,
+    /// corrupt: bitflip (default) or truncate.
+    pub how: Option<String>,
     pub kill: Option<Scalar>,
     pub pause: Option<Scalar>,
     pub restart: Option<Scalar>,

@@ -22,6 +22,14 @@ use crate::error::Error;
 
 /// Whether this process is in a sandbox `enter` made.
 static ENTERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Whether the process was real root before entering (a user namespace
+/// makes everyone root inside, without the host's privileges).
+static REAL_ROOT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the harness runs as real root (not only root in a user namespace).
+pub fn real_root() -> bool {
+    REAL_ROOT.load(std::sync::atomic::Ordering::SeqCst)
+}
 
 /// The address of node `id` (1-based).
 pub fn node_addr(id: u32) -> String {
@@ -52,6 +60,7 @@ fn run(cmd: &mut Command) -> Result<(), Error> {
 /// Enters private namespaces. Call before any thread exists.
 pub fn enter() -> Result<(), Error> {
     let root = nix::unistd::geteuid().is_root();
+    REAL_ROOT.store(root, std::sync::atomic::Ordering::SeqCst);
     if !root {
         let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
         unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| Error::Capability {
