@@ -41,6 +41,7 @@ fn unsynced_writes_vanish_and_synced_ones_survive_power_loss() {
     with_lazyfs(|mnt, control| {
         let mut f = OpenOptions::new()
             .create(true)
+            .truncate(false)
             .read(true)
             .write(true)
             .open(mnt.join("seg.log"))
@@ -87,6 +88,7 @@ fn torn_write_keeps_a_prefix_and_disk_errors_fail_io() {
     with_lazyfs(|mnt, control| {
         let f = OpenOptions::new()
             .create(true)
+            .truncate(false)
             .read(true)
             .write(true)
             .open(mnt.join("f"))
@@ -171,6 +173,7 @@ fn random_write_sync_truncate_power_loss_sequences_match_the_model() {
                     .map(|n| {
                         OpenOptions::new()
                             .create(true)
+                            .truncate(false)
                             .read(true)
                             .write(true)
                             .open(n)
