@@ -1,5 +1,6 @@
 # Shared by ci/test and ci/demo: installs missing prerequisites.
 # Debian packages: kcat (a real Kafka client for tests and the demo),
+# nftables, iproute2, util-linux (the sandbox and network faults),
 # make/gcc/g++/pkg-config (librdkafka is built from source by rdkafka-sys).
 
 step() { printf '\n== %s\n' "$*"; }
@@ -7,6 +8,9 @@ step() { printf '\n== %s\n' "$*"; }
 install_missing() {
   local pkgs=()
   command -v kcat >/dev/null 2>&1 || pkgs+=(kcat)
+  command -v nft >/dev/null 2>&1 || pkgs+=(nftables)
+  command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
+  command -v nsenter >/dev/null 2>&1 || pkgs+=(util-linux)
   command -v make >/dev/null 2>&1 || pkgs+=(make)
   command -v gcc >/dev/null 2>&1 || pkgs+=(gcc)
   command -v g++ >/dev/null 2>&1 || pkgs+=(g++)

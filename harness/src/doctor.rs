@@ -77,6 +77,6 @@ pub fn report() -> i32 {
         );
     }
     println!("\nprocess faults (kill, pause, restart, consumer-crash) need nothing beyond the broker binary.");
-    println!("network faults (partition, packet-loss) are not in this version yet.");
+    println!("partition and packet-loss need nft; power-loss and disk-error need /dev/fuse; drop-kernel-caches needs real root.");
     0
 }

@@ -106,6 +106,21 @@ pub fn check_capabilities(plan: &Plan) -> Result<(), Error> {
             hint: "storage.lazyfs mounts a FUSE filesystem: load the fuse module".into(),
         });
     }
+    let nft = plan
+        .faults
+        .iter()
+        .flat_map(|f| &f.actions)
+        .any(|(a, _)| a.kind.needs_nft());
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+    };
+    if nft && !on_path("nft") {
+        return Err(Error::Capability {
+            what: "nft".into(),
+            hint: "partition and packet-loss use nftables: apt-get install nftables".into(),
+        });
+    }
     let drops = plan
         .faults
         .iter()

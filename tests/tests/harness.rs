@@ -366,8 +366,53 @@ fn disk_errors_cache_drops_and_corruption_run_and_are_recorded() {
     );
     let log = std::fs::read_to_string(dir.join("nodes/1.log")).unwrap();
     assert!(
-        log.contains("append failed") && log.contains("Input/output error"),
+        (log.contains("append failed") || log.contains("fsync"))
+            && log.contains("Input/output error"),
         "the broker saw the disk error: {}",
         &log[..log.len().min(2000)]
+    );
+}
+
+#[test]
+fn a_client_partition_is_applied_healed_and_loses_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let plan = out.path().join("net.yaml");
+    std::fs::write(
+        &plan,
+        "name: net\nduration: 8s\ncluster: { nodes: 1, settings: { flush: always } }\ntopic: { partitions: 2, replication_factor: 1 }\nproducers: { count: 2, rate: 400/s, timeout: 1s }\nfaults:\n  - { at: 2s, for: 2s, partition: \"isolate:1\", clients: true }\n  - { at: 5s, for: 1s, packet-loss: all, percent: 50, clients: true }\nexpect: { lost: 0, recovered: any, duplicated: any }\n",
+    )
+    .unwrap();
+    let runs = out.path().join("runs");
+    let o = unlost(&[
+        "run",
+        plan.to_str().unwrap(),
+        "--out",
+        runs.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let r = results(&run_dir(&runs));
+    let faults: Vec<(String, String)> = r["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().to_string(),
+                f["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        faults[0],
+        (
+            "partition".to_string(),
+            "[[1]] clients cut from [1]".to_string()
+        ),
+        "{faults:?}"
+    );
+    assert_eq!(faults[1].0, "packet-loss");
+    assert!(
+        count(&r, "attempts") > count(&r, "sent"),
+        "the cut clients had to resend: {r}"
     );
 }

@@ -483,6 +483,16 @@ impl Cluster {
         Ok(done)
     }
 
+    /// Starts `cmd` inside node `id`'s network namespace (tests, probes).
+    pub fn spawn_in_node(&mut self, id: u32, cmd: Command) -> Result<Child, Error> {
+        let ns = match &self.node(id)?.netns {
+            Some(h) => spawn::Namespace::Join(crate::sandbox::netns_fd(h)),
+            None => spawn::Namespace::Inherit,
+        };
+        spawn::spawn_in(cmd, ns)
+            .map_err(|e| Error::Harness(format!("start a process on node {id}: {e}")))
+    }
+
     /// Node ids.
     pub fn ids(&self) -> Vec<u32> {
         self.nodes.iter().map(|n| n.id).collect()

@@ -5,6 +5,7 @@
 //! an inverse (kill/restart, pause/resume) applied after its hold, or at
 //! the end-of-run heal; restart and consumer-crash complete at once.
 
+pub mod network;
 pub mod schedule;
 
 use std::collections::BTreeSet;
@@ -17,6 +18,7 @@ use crate::cluster::{kafka, Cluster};
 use crate::draw::Draw;
 use crate::error::Error;
 use crate::history::{EventKind, History};
+use crate::plan::value::Shape;
 use crate::plan::{FaultAction, FaultKind, Target};
 use crate::workload::consumer::Consumers;
 use schedule::Planned;
@@ -184,6 +186,12 @@ impl Nemesis {
             consumers,
         } = &p.action;
         let name = kind.name();
+        if matches!(
+            kind,
+            FaultKind::Partition { .. } | FaultKind::PacketLoss { .. }
+        ) {
+            return self.apply_network(id, p).await;
+        }
         if *kind == FaultKind::ConsumerCrash {
             let crashed = self.consumers.crash(*consumers as usize, &mut self.draw);
             self.history.record(
@@ -254,7 +262,10 @@ impl Nemesis {
                             c.corrupt(id, truncate, &mut below)?
                         ));
                     }
-                    FaultKind::ConsumerCrash | FaultKind::DropKernelCaches => {}
+                    FaultKind::ConsumerCrash
+                    | FaultKind::DropKernelCaches
+                    | FaultKind::Partition { .. }
+                    | FaultKind::PacketLoss { .. } => {}
                 }
             }
             Ok(notes)
@@ -294,12 +305,88 @@ impl Nemesis {
         Ok(())
     }
 
+    /// Partitions and packet loss: a cut installed as one nft table.
+    async fn apply_network(&mut self, id: u32, p: &Planned) -> Result<(), Error> {
+        let kind = &p.action.kind;
+        let name = kind.name();
+        let all = self.all_nodes();
+        let cut = match kind {
+            FaultKind::Partition { shape, clients } => {
+                let shape = match shape {
+                    Shape::IsolateLeader(part) => {
+                        let (leader, why) = self.resolve(&Target::Leader(*part)).await;
+                        if leader.is_empty() {
+                            self.history.record(
+                                "nemesis",
+                                EventKind::Note {
+                                    message: format!("{name}#{id} skipped: {why}"),
+                                },
+                            );
+                            return Ok(());
+                        }
+                        Shape::Isolate(leader)
+                    }
+                    other => other.clone(),
+                };
+                network::cut(&shape, &all, *clients, &mut self.draw)
+            }
+            FaultKind::PacketLoss { percent, clients } => {
+                let (nodes, _) = self.resolve(&p.action.target).await;
+                let mut cut = network::loss(&nodes, *percent);
+                if *clients {
+                    cut.clients = nodes;
+                }
+                cut
+            }
+            _ => unreachable!("only network faults come here"),
+        };
+        let mut targets: Vec<u32> = cut
+            .pairs
+            .iter()
+            .flat_map(|(a, b)| [*a, *b])
+            .chain(cut.clients.iter().copied())
+            .collect();
+        targets.sort_unstable();
+        targets.dedup();
+        self.history.record(
+            "nemesis",
+            EventKind::FaultStart {
+                id,
+                fault: name.into(),
+                targets: targets.clone(),
+                detail: cut.describe(),
+            },
+        );
+        blocking(move || network::apply(id, &cut)).await?;
+        let until = p.hold.map(|h| Instant::now() + h);
+        self.active.push(Active {
+            id,
+            kind: kind.clone(),
+            nodes: targets,
+            until,
+        });
+        self.show();
+        Ok(())
+    }
+
     async fn undo(&mut self, a: Active) -> Result<(), Error> {
         let cluster = self.cluster.clone();
         let (k, ns) = (a.kind.clone(), a.nodes.clone());
         // A node hit by two overlapping faults is only brought back when the
         // last of them ends.
-        let still: BTreeSet<u32> = self.active.iter().flat_map(|x| x.nodes.clone()).collect();
+        let still: BTreeSet<u32> = self
+            .active
+            .iter()
+            .filter(|x| x.kind == a.kind)
+            .flat_map(|x| x.nodes.clone())
+            .collect();
+        if matches!(
+            a.kind,
+            FaultKind::Partition { .. } | FaultKind::PacketLoss { .. }
+        ) {
+            let id = a.id;
+            blocking(move || network::heal(id)).await?;
+        }
         blocking(move || -> Result<(), Error> {
             let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
             for id in ns.into_iter().filter(|n| !still.contains(n)) {

@@ -161,6 +161,11 @@ pub enum FaultKind {
     DropKernelCaches,
     /// Stop the node, damage its newest segment file, start it again.
     Corrupt { truncate: bool },
+    /// Drop packets between node groups (nft). Inverse: heal.
+    Partition { shape: value::Shape, clients: bool },
+    /// Drop a percentage of packets between the target nodes (and, with
+    /// `clients`, between them and the harness's clients). Inverse: heal.
+    PacketLoss { percent: u32, clients: bool },
 }
 
 impl FaultKind {
@@ -177,7 +182,17 @@ impl FaultKind {
             FaultKind::DropKernelCaches => "drop-kernel-caches",
             FaultKind::Corrupt { truncate: false } => "corrupt",
             FaultKind::Corrupt { truncate: true } => "corrupt-truncate",
+            FaultKind::Partition { .. } => "partition",
+            FaultKind::PacketLoss { .. } => "packet-loss",
         }
+    }
+
+    /// Whether it needs nftables.
+    pub fn needs_nft(&self) -> bool {
+        matches!(
+            self,
+            FaultKind::Partition { .. } | FaultKind::PacketLoss { .. }
+        )
     }
 
     /// Whether it needs the lazy filesystem.
@@ -394,21 +409,64 @@ fn actions_of(
                 "pause" => FaultKind::Pause,
                 "restart" => FaultKind::Restart,
                 "consumer-crash" => FaultKind::ConsumerCrash,
-                "power-loss" => FaultKind::PowerLoss { torn: opts.torn.unwrap_or(false) },
+                "power-loss" => FaultKind::PowerLoss {
+                    torn: opts.torn.unwrap_or(false),
+                },
                 "disk-error" => FaultKind::DiskError,
                 "drop-kernel-caches" => FaultKind::DropKernelCaches,
                 "corrupt" => match opts.how.as_deref().unwrap_or("bitflip") {
                     "bitflip" => FaultKind::Corrupt { truncate: false },
                     "truncate" => FaultKind::Corrupt { truncate: true },
-                    other => return Err(ctx.err(&format!("{path}.how"), format!("unknown corruption {other:?}: use bitflip or truncate"))),
+                    other => {
+                        return Err(ctx.err(
+                            &format!("{path}.how"),
+                            format!("unknown corruption {other:?}: use bitflip or truncate"),
+                        ))
+                    }
                 },
-                other => {
-                    return Err(ctx.err(
-                        &kpath,
-                        format!("fault {other} is not available in this version of unlost (network faults come with nftables support)"),
-                    ))
-                }
+                "partition" => FaultKind::Partition {
+                    shape: value::parse_shape(&v.to_string(), nodes)
+                        .map_err(|m| ctx.err(&kpath, m))?,
+                    clients: opts.clients.unwrap_or(false),
+                },
+                "packet-loss" => match opts.percent {
+                    Some(p) if (1..=100).contains(&p) => FaultKind::PacketLoss {
+                        percent: p,
+                        clients: opts.clients.unwrap_or(false),
+                    },
+                    _ => {
+                        return Err(ctx.err(
+                            &format!("{path}.percent"),
+                            "packet-loss needs percent: 1 to 100",
+                        ))
+                    }
+                },
+                other => return Err(ctx.err(&kpath, format!("unknown fault {other}"))),
             };
+            if opts.clients.is_some() && !kind.needs_nft() {
+                return Err(ctx.err(
+                    &format!("{path}.clients"),
+                    "clients goes with partition and packet-loss",
+                ));
+            }
+            if opts.percent.is_some() && !matches!(kind, FaultKind::PacketLoss { .. }) {
+                return Err(ctx.err(&format!("{path}.percent"), "percent goes with packet-loss"));
+            }
+            let with_clients = matches!(
+                kind,
+                FaultKind::Partition { clients: true, .. }
+                    | FaultKind::PacketLoss { clients: true, .. }
+            );
+            if kind.needs_nft() && nodes < 2 && !with_clients {
+                return Err(ctx.err(&kpath, format!("{} needs at least 2 nodes", kind.name())));
+            }
+            if let FaultKind::Partition { .. } = kind {
+                return Ok(Some(FaultAction {
+                    kind,
+                    target: Target::All,
+                    consumers: 0,
+                }));
+            }
             if opts.torn.is_some() && !matches!(kind, FaultKind::PowerLoss { .. }) {
                 return Err(ctx.err(&format!("{path}.torn"), "torn goes with power-loss"));
             }

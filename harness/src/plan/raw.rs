@@ -136,6 +136,10 @@ pub struct RawAction {
     pub torn: Option<bool>,
     /// corrupt: bitflip (default) or truncate.
     pub how: Option<String>,
+    /// partition: cut the harness's clients off the smaller side too.
+    pub clients: Option<bool>,
+    /// packet-loss: percent of packets dropped.
+    pub percent: Option<u32>,
     pub kill: Option<Scalar>,
     pub pause: Option<Scalar>,
     pub restart: Option<Scalar>,

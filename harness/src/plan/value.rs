@@ -167,6 +167,68 @@ pub fn target(s: &str, nodes: u32) -> Result<Target, String> {
     }
 }
 
+/// How the nodes are split.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shape {
+    /// The leader of a partition (given, or drawn) against the rest.
+    IsolateLeader(Option<i32>),
+    /// These nodes against the rest.
+    Isolate(Vec<u32>),
+    /// Two random halves.
+    Halves,
+    /// Each node sees a majority, no two nodes the same one.
+    MajoritiesRing,
+    /// Two halves that share one node.
+    Bridge,
+    /// A cannot reach B; B reaches A (drawn when not given).
+    OneWay(Option<(u32, u32)>),
+}
+
+/// Parses a partition shape.
+pub fn parse_shape(s: &str, nodes: u32) -> Result<Shape, String> {
+    let id = |x: &str| -> Result<u32, String> {
+        let n: u32 = x
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid node id {x:?} in partition {s:?}"))?;
+        if n == 0 || n > nodes {
+            return Err(format!(
+                "partition {s:?}: node {n} does not exist (nodes are 1..={nodes})"
+            ));
+        }
+        Ok(n)
+    };
+    match s.trim() {
+        "isolate-leader" => Ok(Shape::IsolateLeader(None)),
+        "halves" => Ok(Shape::Halves),
+        "majorities-ring" => Ok(Shape::MajoritiesRing),
+        "bridge" => Ok(Shape::Bridge),
+        "one-way" => Ok(Shape::OneWay(None)),
+        t => {
+            if let Some(p) = t.strip_prefix("isolate-leader:") {
+                let p: i32 = p
+                    .parse()
+                    .ok()
+                    .filter(|p| *p >= 0)
+                    .ok_or_else(|| format!("invalid partition number in {s:?}"))?;
+                return Ok(Shape::IsolateLeader(Some(p)));
+            }
+            if let Some(list) = t.strip_prefix("isolate:") {
+                let ids = list.split(',').map(id).collect::<Result<Vec<_>, _>>()?;
+                return Ok(Shape::Isolate(ids));
+            }
+            if let Some(pair) = t.strip_prefix("one-way:") {
+                let (a, b) = pair
+                    .split_once('>')
+                    .ok_or_else(|| format!("one-way takes A>B, e.g. one-way:1>2, not {s:?}"))?;
+                return Ok(Shape::OneWay(Some((id(a)?, id(b)?))));
+            }
+            Err(format!("unknown partition {s:?}: use isolate-leader, isolate:1,2, halves, majorities-ring, bridge, one-way or one-way:1>2"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
