@@ -36,6 +36,32 @@ pub enum Command {
     },
     /// Re-check a stored run's history and rewrite its results.
     Check { run_dir: PathBuf },
+    /// Regenerate a run dir's report.html.
+    Report { run_dir: PathBuf },
+    /// Run plans (files or directories of *.yaml) one after another as a
+    /// regression suite.
+    Suite {
+        #[arg(required = true)]
+        plans: Vec<PathBuf>,
+        /// Write a JUnit XML file (one test case per plan).
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Directory for run dirs (default: runs).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Run only shard K of N (deterministic over the sorted plans), e.g. 2/4.
+        #[arg(long, value_parser = crate::suite::parse_shard)]
+        shard: Option<(usize, usize)>,
+        /// Stop after the first plan that does not pass.
+        #[arg(long)]
+        fail_fast: bool,
+        /// Override every plan's duration, e.g. 15s.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Seed for every plan (default: each plan's, else random).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Check plans without running anything.
     Validate {
         #[arg(required = true)]
@@ -67,6 +93,26 @@ pub fn main(cli: Cli) -> i32 {
             },
         ),
         Command::Check { run_dir } => cmd_check(run_dir),
+        Command::Report { run_dir } => cmd_report(run_dir),
+        Command::Suite {
+            plans,
+            junit,
+            out,
+            shard,
+            fail_fast,
+            duration,
+            seed,
+        } => cmd_suite(
+            plans,
+            crate::suite::SuiteOptions {
+                junit,
+                out,
+                shard,
+                fail_fast,
+                duration,
+                seed,
+            },
+        ),
         Command::Validate { plans } => cmd_validate(plans),
         Command::Doctor => Ok(crate::doctor::report()),
     };
@@ -127,12 +173,49 @@ fn cmd_check(dir: PathBuf) -> Result<i32, Error> {
     );
     std::fs::write(dir.join("summary.txt"), &summary)
         .map_err(|e| Error::Harness(format!("write summary: {e}")))?;
+    let nodes: Vec<u32> = (1..=plan.cluster.nodes).collect();
+    crate::report::html::write(&dir, &plan.name, seed, &outcome, &facts.faults, &nodes)
+        .map_err(|e| Error::Harness(format!("write report.html: {e}")))?;
     print!("{summary}");
     Ok(if outcome.expectations_met {
         exit::MET
     } else {
         exit::NOT_MET
     })
+}
+
+fn cmd_suite(args: Vec<PathBuf>, opts: crate::suite::SuiteOptions) -> Result<i32, Error> {
+    let plans = crate::suite::shard(crate::suite::collect(&args)?, opts.shard);
+    if plans.is_empty() {
+        println!("0 passed, 0 failed (this shard has no plans)");
+        return Ok(exit::MET);
+    }
+    crate::sandbox::enter()?;
+    crate::suite::run_suite(&plans, &opts, &runtime()?)
+}
+
+fn cmd_report(dir: PathBuf) -> Result<i32, Error> {
+    let plan_file = dir.join("plan.yaml");
+    if !plan_file.is_file() {
+        return Err(Error::Usage(format!(
+            "{} is not a run dir (no plan.yaml)",
+            dir.display()
+        )));
+    }
+    let plan = Plan::load(&plan_file)?;
+    let (outcome, facts) = run::check_dir(&dir, &plan)?;
+    let nodes: Vec<u32> = (1..=plan.cluster.nodes).collect();
+    crate::report::html::write(
+        &dir,
+        &plan.name,
+        facts.seed,
+        &outcome,
+        &facts.faults,
+        &nodes,
+    )
+    .map_err(|e| Error::Harness(format!("write report.html: {e}")))?;
+    println!("{}", dir.join("report.html").display());
+    Ok(exit::MET)
 }
 
 fn cmd_validate(plans: Vec<PathBuf>) -> Result<i32, Error> {

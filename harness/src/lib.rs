@@ -18,6 +18,7 @@ pub mod plan;
 pub mod report;
 pub mod run;
 pub mod sandbox;
+pub mod suite;
 pub mod workload;
 
 pub use error::Error;

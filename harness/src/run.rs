@@ -312,6 +312,9 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
         facts.faults.len(),
         &timings,
     );
+    let nodes: Vec<u32> = (1..=plan.cluster.nodes).collect();
+    report::html::write(&dir, &plan.name, seed, &outcome, &facts.faults, &nodes)
+        .map_err(|e| Error::Harness(format!("write report.html: {e}")))?;
     std::fs::write(dir.join("summary.txt"), &summary)
         .map_err(|e| Error::Harness(format!("write summary: {e}")))?;
     Ok(RunResult {
@@ -358,10 +361,21 @@ async fn wait_for_leaders(
     }
 }
 
-/// Prints elapsed, counts and active faults once a second (on a terminal,
-/// one rewritten line; otherwise a line every 5 s).
+/// Shows elapsed/total, counts and active faults: a progress bar on a
+/// terminal, a plain line every 5 s otherwise (CI logs).
 async fn status_line(status: Arc<Status>, faults: crate::nemesis::ActiveFaults, total: Duration) {
     let tty = std::io::stderr().is_terminal();
+    let bar = tty.then(|| {
+        let b = indicatif::ProgressBar::new(total.as_secs().max(1));
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed:>4} [{bar:24.cyan/blue}] {pos}/{len}s {msg}",
+            )
+            .expect("progress template")
+            .progress_chars("=> "),
+        );
+        b
+    });
     let start = Instant::now();
     let mut tick = 0u64;
     loop {
@@ -369,16 +383,21 @@ async fn status_line(status: Arc<Status>, faults: crate::nemesis::ActiveFaults, 
         tick += 1;
         let (sent, acked, failed, info, delivered) = status.snapshot();
         let active = faults.lock().unwrap_or_else(|e| e.into_inner()).join(" ");
-        let line = format!(
-            "[{:>4.0}s/{:.0}s] sent {sent} acked {acked} failed {failed} indeterminate {info} delivered {delivered} faults: {}",
-            start.elapsed().as_secs_f64(),
-            total.as_secs_f64(),
+        let msg = format!(
+            "sent {sent} acked {acked} failed {failed} indeterminate {info} delivered {delivered} faults: {}",
             if active.is_empty() { "none" } else { &active }
         );
-        if tty {
-            eprint!("\r\x1b[2K{line}");
-        } else if tick.is_multiple_of(5) {
-            eprintln!("{line}");
+        match &bar {
+            Some(b) => {
+                b.set_position(start.elapsed().as_secs().min(total.as_secs()));
+                b.set_message(msg);
+            }
+            None if tick.is_multiple_of(5) => eprintln!(
+                "[{:>4.0}s/{:.0}s] {msg}",
+                start.elapsed().as_secs_f64(),
+                total.as_secs_f64()
+            ),
+            None => {}
         }
     }
 }

@@ -416,3 +416,150 @@ fn a_client_partition_is_applied_healed_and_loses_nothing() {
         "the cut clients had to resend: {r}"
     );
 }
+
+#[test]
+fn suite_runs_plans_writes_junit_and_exits_with_the_worst_code() {
+    let out = tempfile::tempdir().unwrap();
+    let plans = out.path().join("plans");
+    std::fs::create_dir_all(plans.join("broken")).unwrap();
+    let base = "duration: 3s\ncluster: { nodes: 1 }\ntopic: { partitions: 1, replication_factor: 1 }\nproducers: { count: 1, rate: 100/s }\n";
+    std::fs::write(plans.join("a-pass.yaml"), format!("name: a-pass\n{base}")).unwrap();
+    std::fs::write(
+        plans.join("b-fail.yaml"),
+        format!("name: b-fail\n{base}expect: {{ lost: \">0\" }}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        plans.join("c-bad.yaml"),
+        "name: c-bad\nduration: 3s\nbogus: 1\n",
+    )
+    .unwrap();
+    std::fs::write(plans.join("broken/skipped.yaml"), "not a plan").unwrap();
+    let junit = out.path().join("junit.xml");
+    let runs = out.path().join("runs");
+    let o = unlost(&[
+        "suite",
+        plans.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+        "--out",
+        runs.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a bad plan outranks an unmet one: {}",
+        show(&o)
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("pass  a-pass")
+            && stdout.contains("FAIL  b-fail")
+            && stdout.contains("ERROR"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 passed, 2 failed"), "{stdout}");
+    // Read the file back the way CI systems do.
+    let report =
+        quick_junit::Report::deserialize_from_str(&std::fs::read_to_string(&junit).unwrap())
+            .expect("valid JUnit XML");
+    assert_eq!((report.tests, report.failures, report.errors), (3, 1, 1));
+    let cases = &report.test_suites[0].test_cases;
+    let failed = cases.iter().find(|c| c.name.as_str() == "b-fail").unwrap();
+    match &failed.status {
+        quick_junit::TestCaseStatus::NonSuccess { message, .. } => {
+            assert!(
+                message
+                    .as_ref()
+                    .unwrap()
+                    .as_str()
+                    .contains("lost 0 (wanted >=1)"),
+                "{message:?}"
+            )
+        }
+        other => panic!("b-fail should fail: {other:?}"),
+    }
+    assert!(failed.properties.iter().any(|p| p.name.as_str() == "seed"));
+    assert!(failed
+        .system_out
+        .as_ref()
+        .unwrap()
+        .as_str()
+        .contains("verdict"));
+    // Shard 2 of 3 runs only the second plan in sorted order.
+    let o = unlost(&[
+        "suite",
+        plans.to_str().unwrap(),
+        "--shard",
+        "2/3",
+        "--out",
+        runs.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("0 passed, 1 failed"));
+}
+
+#[test]
+fn report_html_shows_the_timeline_and_renders_in_chromium() {
+    let (o, dir, r, _out) = run_plan("plans/ci/05-async-flush-power-loss.yaml", "10s");
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(
+        html.contains("<svg") && html.contains("class=\"fault\""),
+        "timeline with fault windows"
+    );
+    assert!(
+        html.contains("power-loss [1]"),
+        "fault labelled by kind and target"
+    );
+    let lost = count(&r, "lost") as usize;
+    assert_eq!(
+        html.matches("class=\"lost\"").count(),
+        lost.min(2000),
+        "every lost message is plotted"
+    );
+    assert!(
+        !html.contains("http://")
+            || html.matches("http://").count()
+                == html.matches("http://www.w3.org/2000/svg").count(),
+        "no network references"
+    );
+    // `unlost report` regenerates the same page.
+    std::fs::remove_file(dir.join("report.html")).unwrap();
+    let o = unlost(&["report", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(dir.join("report.html").exists());
+    let Some(chromium) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        eprintln!("SKIPPED: rendering report.html needs chromium (ci/test installs it; apt-get install chromium)");
+        return;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let shot = dir.join("report.png");
+    let o = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1000,1000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", dir.join("report.html").display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "a real screenshot ({} bytes)",
+        png.len()
+    );
+}

@@ -7,6 +7,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
+pub mod html;
+pub mod junit;
+
 use crate::checker::{facts::FaultWindow, Anomaly, Outcome, Verdict};
 
 /// Durations of the run's phases, in seconds.
