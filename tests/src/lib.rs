@@ -169,6 +169,13 @@ impl BrokerProcess {
         c.wait().ok()?.code()
     }
 
+    /// SIGSTOP (pause) or SIGCONT (resume) the process.
+    pub fn signal(&mut self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
     /// Starts the process again with the same flags, port and data dir.
     pub fn restart(&mut self) {
         self.kill();

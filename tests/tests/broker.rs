@@ -510,3 +510,217 @@ fn protocol_errors_are_answered_or_close_the_connection() {
     assert!(log.contains("unknown API key 999"), "{log}");
     assert!(log.contains("request size 209715200 is outside"), "{log}");
 }
+
+/// Sends 3,000 values while the broker is paused (SIGSTOP) for longer than
+/// the producer's timeout. With idempotence, librdkafka retries requests
+/// itself (same sequence numbers). Without, the application resends a value
+/// whose send timed out, while the paused broker still holds the first
+/// request. Returns (acknowledged, copies of each value, broker log).
+async fn produce_through_a_pause(idempotent: bool) -> (Vec<Acked>, HashMap<String, usize>, String) {
+    // flush always: a batch is appended, then its answer waits for the
+    // fsync; a pause in that window loses the answer of a stored batch.
+    let mut broker = BrokerProcess::start(&["--flush", "always"]);
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "idem", 1).await;
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "5");
+    if idempotent {
+        config
+            .set("enable.idempotence", "true")
+            .set("request.timeout.ms", "800")
+            .set("message.timeout.ms", "30000");
+    } else {
+        config
+            .set("enable.idempotence", "false")
+            .set("message.send.max.retries", "0")
+            .set("message.timeout.ms", "800");
+    }
+    let p: FutureProducer = config.create().unwrap();
+    let sender = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for seq in 0..3000 {
+            let value = format!("p0-{seq:08}");
+            for _attempt in 0..20 {
+                let record = FutureRecord::<(), _>::to("idem")
+                    .payload(&value)
+                    .partition(0);
+                match p.send(record, Duration::from_secs(0)).await {
+                    Ok(d) => {
+                        acked.push(Acked {
+                            partition: d.partition,
+                            offset: d.offset,
+                            value: value.clone(),
+                        });
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+            if seq % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        acked
+    });
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        broker.signal(nix::sys::signal::Signal::SIGSTOP);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        broker.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+    let acked = sender.await.unwrap();
+    let b = bootstrap.clone();
+    let log = tokio::task::spawn_blocking(move || read_all(&b, "idem", 1))
+        .await
+        .unwrap();
+    assert_all_present(&acked, &log);
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    for (_, v) in &log[&0] {
+        *copies.entry(v.clone()).or_default() += 1;
+    }
+    (acked, copies, broker.log_text())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producer_retries_leave_no_duplicates() {
+    let (acked, copies, log) = produce_through_a_pause(true).await;
+    assert_eq!(acked.len(), 3000, "every send is acknowledged in the end");
+    let dups: Vec<_> = copies.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        dups.is_empty(),
+        "idempotence must prevent duplicates: {:?}",
+        &dups[..dups.len().min(5)]
+    );
+    assert_eq!(copies.len(), 3000);
+    let _ = log;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_without_idempotence_duplicate() {
+    let (acked, copies, _) = produce_through_a_pause(false).await;
+    assert_eq!(acked.len(), 3000);
+    let dups = copies.values().filter(|n| **n > 1).count();
+    assert!(dups > 0, "without idempotence a resent value whose first request the paused broker still held is stored twice");
+}
+
+#[test]
+fn idempotent_batches_are_deduplicated_across_restarts_and_gaps_refused() {
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+    use unlost_broker::storage::batch;
+    let mut broker = BrokerProcess::start(&["--flush", "always"]);
+    let topic = || TopicName(StrBytes::from_static_str("dedup"));
+    let mut conn = KafkaConn::connect(broker.addr);
+    let _: MetadataResponse = conn
+        .call(
+            ApiKey::Metadata,
+            9,
+            &MetadataRequest::default()
+                .with_topics(Some(vec![metadata_request::MetadataRequestTopic::default(
+                )
+                .with_name(Some(topic()))]))
+                .with_allow_auto_topic_creation(true),
+        )
+        .unwrap();
+    let init: InitProducerIdResponse = conn
+        .call(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1)
+                .with_transaction_timeout_ms(60000),
+        )
+        .unwrap();
+    assert_eq!(init.error_code, 0);
+    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    let send = |conn: &mut KafkaConn, values: &[&[u8]], epoch: i16, seq: i32| -> (i16, i64) {
+        let mut b = batch::build(0, values, 1);
+        batch::set_producer(&mut b, pid, epoch, seq);
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![produce_request::TopicProduceData::default()
+                .with_name(topic())
+                .with_partition_data(vec![
+                    produce_request::PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(bytes::Bytes::from(b))),
+                ])]);
+        let r: ProduceResponse = conn.call(ApiKey::Produce, 7, &req).unwrap();
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    };
+    assert_eq!(send(&mut conn, &[b"a", b"b"], epoch, 0), (0, 0));
+    assert_eq!(send(&mut conn, &[b"c"], epoch, 2), (0, 2));
+    assert_eq!(
+        send(&mut conn, &[b"a", b"b"], epoch, 0),
+        (0, 0),
+        "a retry gets its first answer"
+    );
+    assert_eq!(
+        send(&mut conn, &[b"x"], epoch, 7).0,
+        45,
+        "a gap is OUT_OF_ORDER_SEQUENCE_NUMBER"
+    );
+    // The state is rebuilt from the log after a crash.
+    broker.kill();
+    broker.restart();
+    let mut conn = KafkaConn::connect(broker.addr);
+    assert_eq!(
+        send(&mut conn, &[b"c"], epoch, 2),
+        (0, 2),
+        "a retry after a restart gets its first answer"
+    );
+    assert_eq!(send(&mut conn, &[b"d"], epoch, 3), (0, 3));
+    let bumped: InitProducerIdResponse = conn
+        .call(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_producer_id(ProducerId(pid))
+                .with_producer_epoch(epoch)
+                .with_transaction_timeout_ms(60000),
+        )
+        .unwrap();
+    assert_eq!(
+        (bumped.producer_id.0, bumped.producer_epoch),
+        (pid, epoch + 1)
+    );
+    assert_eq!(send(&mut conn, &[b"e"], epoch + 1, 0), (0, 4));
+    assert_eq!(
+        send(&mut conn, &[b"f"], epoch, 4).0,
+        47,
+        "an old epoch is INVALID_PRODUCER_EPOCH"
+    );
+    let other: InitProducerIdResponse = conn
+        .call(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1)
+                .with_transaction_timeout_ms(60000),
+        )
+        .unwrap();
+    assert_ne!(
+        other.producer_id.0, pid,
+        "ids are not reused after a restart"
+    );
+    let log = read_all(&broker.bootstrap(), "dedup", 1);
+    let values: Vec<&str> = log[&0].iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(
+        values,
+        vec!["a", "b", "c", "d", "e"],
+        "each batch stored once"
+    );
+    assert!(broker
+        .log_text()
+        .contains("idempotent retry: already stored"));
+}

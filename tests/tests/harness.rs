@@ -563,3 +563,12 @@ fn report_html_shows_the_timeline_and_renders_in_chromium() {
         png.len()
     );
 }
+
+#[test]
+fn idempotent_producers_do_not_duplicate_under_the_same_pauses() {
+    let (o, _, r, _out) = run_plan("plans/seed/producer-idempotent.yaml", "10s");
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(count(&r, "duplicated"), 0);
+    assert_eq!(count(&r, "lost"), 0);
+    assert!(count(&r, "acked") > 5000);
+}

@@ -20,6 +20,8 @@ pub struct Broker {
     pub config: Config,
     pub topics: Topics,
     pub offsets: Arc<Mutex<OffsetStore>>,
+    /// Producer ids for idempotent producers.
+    pub producer_ids: Mutex<ProducerIds>,
     /// Bumped on every append to any partition; fetches long-poll on it.
     pub appended: Arc<watch::Sender<u64>>,
 }
@@ -33,10 +35,12 @@ impl Broker {
         if dropped > 0 {
             tracing::warn!(bytes = dropped, "committed offsets: truncated a torn tail");
         }
+        let producer_ids = ProducerIds::open(&config.data_dir)?;
         Ok(Arc::new(Broker {
             config,
             topics,
             offsets: Arc::new(Mutex::new(offsets)),
+            producer_ids: Mutex::new(producer_ids),
             appended,
         }))
     }
@@ -80,4 +84,55 @@ fn is_transient(e: &std::io::Error) -> bool {
     matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock)
         || e.raw_os_error() == Some(24) // EMFILE: too many open files
         || e.raw_os_error() == Some(23)
+}
+
+/// Hands out producer ids that are never reused, even across restarts: ids
+/// are reserved in blocks, and the end of the reserved block is stored
+/// durably (write, fsync, rename) before any id of it is given out.
+#[derive(Debug)]
+pub struct ProducerIds {
+    dir: std::path::PathBuf,
+    next: i64,
+    limit: i64,
+}
+
+const ID_BLOCK: i64 = 1000;
+const ID_FILE: &str = "producer-ids";
+
+impl ProducerIds {
+    /// Reads the reserved block end; the next id starts there.
+    pub fn open(dir: &std::path::Path) -> Result<ProducerIds, StorageError> {
+        let path = dir.join(ID_FILE);
+        let next = match std::fs::read_to_string(&path) {
+            Ok(s) => s.trim().parse().map_err(|_| StorageError::Corrupt {
+                path: path.clone(),
+                position: 0,
+                reason: format!("not a number: {s:?}"),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => {
+                return Err(StorageError::Io {
+                    verb: "read",
+                    path,
+                    source: e,
+                })
+            }
+        };
+        Ok(ProducerIds {
+            dir: dir.to_path_buf(),
+            next,
+            limit: next,
+        })
+    }
+
+    /// A new producer id.
+    pub fn allocate(&mut self) -> Result<i64, StorageError> {
+        if self.next >= self.limit {
+            let limit = self.next + ID_BLOCK;
+            crate::topics::write_atomically(&self.dir, ID_FILE, limit.to_string().as_bytes())?;
+            self.limit = limit;
+        }
+        self.next += 1;
+        Ok(self.next - 1)
+    }
 }

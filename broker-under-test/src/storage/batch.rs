@@ -172,6 +172,16 @@ pub fn set_leader_epoch(batch: &mut [u8], epoch: i32) {
     batch[12..16].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// Sets the idempotent-producer fields of a batch and recomputes its CRC
+/// (they are covered by it). Test and tool support.
+pub fn set_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Builds a valid v2 batch of `count` records holding `values` (test and
 /// tool support; producers normally frame their own batches).
 pub fn build(base_offset: i64, values: &[&[u8]], timestamp_ms: i64) -> Vec<u8> {

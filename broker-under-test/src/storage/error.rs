@@ -20,6 +20,18 @@ pub enum StorageError {
     },
     #[error("partition is offline past offset {offset}: {reason}")]
     Offline { offset: i64, reason: String },
+    #[error("producer {producer_id}: sequence {got} does not follow {expected}")]
+    OutOfOrderSequence {
+        producer_id: i64,
+        expected: i32,
+        got: i32,
+    },
+    #[error("producer {producer_id}: epoch {got} is older than {current}")]
+    FencedEpoch {
+        producer_id: i64,
+        current: i16,
+        got: i16,
+    },
     #[error("offset {offset} is out of range [{start}, {end}]")]
     OutOfRange { offset: i64, start: i64, end: i64 },
 }

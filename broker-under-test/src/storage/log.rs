@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use super::batch::BatchHeader;
 use super::error::StorageError;
+use super::producers::{Check, ProducerStates};
 use super::segment::{ScanEnd, Segment};
 
 /// Tunables of one log.
@@ -58,6 +59,8 @@ pub struct Recovery {
 pub struct Appended {
     pub base_offset: i64,
     pub last_offset: i64,
+    /// A retry of an idempotent batch already stored: nothing was written.
+    pub duplicate: bool,
 }
 
 /// The log of one partition.
@@ -68,6 +71,8 @@ pub struct PartitionLog {
     segments: BTreeMap<i64, Segment>,
     /// Set when recovery found damage: the log serves below it and refuses writes.
     offline: Option<String>,
+    /// Idempotent producers' last batches, derived from the log.
+    producers: ProducerStates,
 }
 
 impl PartitionLog {
@@ -91,6 +96,7 @@ impl PartitionLog {
             config,
             segments: BTreeMap::new(),
             offline: None,
+            producers: ProducerStates::default(),
         };
         let mut recovery = Recovery::default();
         let count = bases.len();
@@ -98,7 +104,10 @@ impl PartitionLog {
             if log.offline.is_some() {
                 break;
             }
-            let (mut seg, end) = Segment::open(dir, base, config.index_interval)?;
+            let producers = &mut log.producers;
+            let (mut seg, end) = Segment::open(dir, base, config.index_interval, &mut |h| {
+                producers.record(h)
+            })?;
             let newest = i + 1 == count;
             match end {
                 ScanEnd::Clean => {}
@@ -175,6 +184,51 @@ impl PartitionLog {
         headers: &mut [BatchHeader],
         leader_epoch: i32,
     ) -> Result<Appended, StorageError> {
+        // Idempotent producers: a retried batch gets its first answer again;
+        // a gap or an old epoch is refused (one batch per request is what
+        // clients send; several must all be new).
+        for h in headers.iter() {
+            match self.producers.check(h) {
+                Check::Append => {}
+                Check::Duplicate {
+                    base_offset,
+                    last_offset,
+                } if headers.len() == 1 => {
+                    tracing::info!(
+                        dir = %self.dir.display(),
+                        producer = h.producer_id,
+                        sequence = h.base_sequence,
+                        "idempotent retry: already stored at offsets {base_offset}..={last_offset}, not appended again"
+                    );
+                    return Ok(Appended {
+                        base_offset,
+                        last_offset,
+                        duplicate: true,
+                    });
+                }
+                Check::Duplicate { .. } => {
+                    return Err(StorageError::OutOfOrderSequence {
+                        producer_id: h.producer_id,
+                        expected: -1,
+                        got: h.base_sequence,
+                    });
+                }
+                Check::OutOfOrder { expected, got } => {
+                    return Err(StorageError::OutOfOrderSequence {
+                        producer_id: h.producer_id,
+                        expected,
+                        got,
+                    });
+                }
+                Check::Fenced { current, got } => {
+                    return Err(StorageError::FencedEpoch {
+                        producer_id: h.producer_id,
+                        current,
+                        got,
+                    });
+                }
+            }
+        }
         let base = self.log_end();
         let mut next = base;
         let mut pos = 0usize;
@@ -188,9 +242,13 @@ impl PartitionLog {
             pos += h.total_len();
         }
         self.append_assigned(buf, headers)?;
+        for h in headers.iter() {
+            self.producers.record(h);
+        }
         Ok(Appended {
             base_offset: base,
             last_offset: next - 1,
+            duplicate: false,
         })
     }
 
@@ -292,6 +350,10 @@ impl PartitionLog {
         if offset >= self.log_end() {
             return Ok(self.log_end());
         }
+        // Producer state may describe removed batches; it is rebuilt from
+        // the log on the next open. (Followers truncating while serving
+        // idempotent producers come with replication.)
+        self.producers = ProducerStates::default();
         let mut removed_any = false;
         while self.segments.len() > 1 && self.active().base_offset >= offset {
             let (_, seg) = self.segments.pop_last().expect("more than one segment");

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod error;
 pub mod log;
 pub mod offsets;
+pub mod producers;
 pub mod segment;
 
 #[cfg(test)]

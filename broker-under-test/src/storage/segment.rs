@@ -97,12 +97,13 @@ impl Segment {
         })
     }
 
-    /// Opens an existing segment, validating every batch and rebuilding the
-    /// index. Returns how the scan ended; the caller decides what to truncate.
+    /// Opens an existing segment, validating every batch (each valid one is
+    /// shown to `on_batch`) and rebuilding the index. Returns how the scan ended; the caller decides what to truncate.
     pub fn open(
         dir: &Path,
         base_offset: i64,
         index_interval: u64,
+        on_batch: &mut dyn FnMut(&BatchHeader),
     ) -> Result<(Self, ScanEnd), StorageError> {
         let log_path = dir.join(file_name(base_offset, "log"));
         let log = OpenOptions::new()
@@ -134,6 +135,7 @@ impl Segment {
                         };
                     }
                     seg.note_batch(pos, &header)?;
+                    on_batch(&header);
                     expected = header.last_offset() + 1;
                     pos += header.total_len() as u64;
                 }

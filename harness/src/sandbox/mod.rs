@@ -110,7 +110,10 @@ impl Drop for Host {
     fn drop(&mut self) {
         // The kernel tears a dead namespace down asynchronously; delete the
         // veth pair now so the next run (a suite) can reuse the name.
-        let _ = Command::new("ip").args(["link", "del", &format!("un{}", self.id)]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &format!("un{}", self.id)])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.holder.kill();
         let _ = self.holder.wait();
     }
@@ -145,7 +148,10 @@ pub fn add_host(id: u32) -> Result<Host, Error> {
     let switch = format!("un{id}");
     // A pair left by an earlier run in this sandbox (namespace teardown is
     // asynchronous) would make the name clash.
-    let _ = Command::new("ip").args(["link", "del", &switch]).stderr(Stdio::null()).status();
+    let _ = Command::new("ip")
+        .args(["link", "del", &switch])
+        .stderr(Stdio::null())
+        .status();
     let inside = |args: &[&str]| {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net={ns_path}")).arg("ip").args(args);

@@ -141,3 +141,43 @@ pub async fn create_topics(broker: &Arc<Broker>, req: CreateTopicsRequest, versi
         version,
     )
 }
+
+/// Gives an idempotent producer its id (epoch 0), or bumps the epoch of the
+/// id it already has (KIP-360). Transactions are not supported.
+pub fn init_producer_id(broker: &Arc<Broker>, req: InitProducerIdRequest, version: i16) -> Body {
+    let mut resp = InitProducerIdResponse::default()
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    if req
+        .transactional_id
+        .as_ref()
+        .is_some_and(|t| !t.0.is_empty())
+    {
+        resp.error_code = code(ResponseError::InvalidRequest);
+        tracing::info!(
+            "InitProducerId with a transactional id refused: transactions are not supported"
+        );
+        return encode(&resp, version);
+    }
+    if req.producer_id.0 >= 0 && req.producer_epoch >= 0 {
+        resp.producer_id = req.producer_id;
+        resp.producer_epoch = req.producer_epoch.saturating_add(1);
+        return encode(&resp, version);
+    }
+    match broker
+        .producer_ids
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .allocate()
+    {
+        Ok(id) => {
+            resp.producer_id = ProducerId(id);
+            resp.producer_epoch = 0;
+        }
+        Err(e) => {
+            tracing::error!("allocate a producer id: {e}");
+            resp.error_code = code(ResponseError::KafkaStorageError);
+        }
+    }
+    encode(&resp, version)
+}

@@ -37,6 +37,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::FindCoordinator, 0, 4),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 6),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 /// Whether this broker serves `version` of `key`.
@@ -97,6 +98,7 @@ pub async fn dispatch(
         }
         ApiKey::OffsetCommit => groups::offset_commit(broker, decode(key, body, v)?, v),
         ApiKey::OffsetFetch => ready(groups::offset_fetch(broker, decode(key, body, v)?, v)),
+        ApiKey::InitProducerId => ready(admin::init_producer_id(broker, decode(key, body, v)?, v)),
         _ => return Err(format!("unsupported API {key:?} v{v}")),
     })
 }

@@ -60,6 +60,13 @@ fn append_one(
         Err(e @ StorageError::Offline { .. }) | Err(e @ StorageError::Io { .. }) => {
             Err(Failure(ResponseError::KafkaStorageError, e.to_string()))
         }
+        Err(e @ StorageError::OutOfOrderSequence { .. }) => Err(Failure(
+            ResponseError::OutOfOrderSequenceNumber,
+            e.to_string(),
+        )),
+        Err(e @ StorageError::FencedEpoch { .. }) => {
+            Err(Failure(ResponseError::InvalidProducerEpoch, e.to_string()))
+        }
         Err(e) => Err(Failure(ResponseError::UnknownServerError, e.to_string())),
     }
 }
