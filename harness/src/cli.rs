@@ -174,7 +174,7 @@ fn cmd_check(dir: PathBuf) -> Result<i32, Error> {
     std::fs::write(dir.join("summary.txt"), &summary)
         .map_err(|e| Error::Harness(format!("write summary: {e}")))?;
     let nodes: Vec<u32> = (1..=plan.cluster.nodes).collect();
-    crate::report::html::write(&dir, &plan.name, seed, &outcome, &facts.faults, &nodes)
+    crate::report::html::write(&dir, &plan.name, seed, &outcome, &facts, &nodes)
         .map_err(|e| Error::Harness(format!("write report.html: {e}")))?;
     print!("{summary}");
     Ok(if outcome.expectations_met {
@@ -205,15 +205,8 @@ fn cmd_report(dir: PathBuf) -> Result<i32, Error> {
     let plan = Plan::load(&plan_file)?;
     let (outcome, facts) = run::check_dir(&dir, &plan)?;
     let nodes: Vec<u32> = (1..=plan.cluster.nodes).collect();
-    crate::report::html::write(
-        &dir,
-        &plan.name,
-        facts.seed,
-        &outcome,
-        &facts.faults,
-        &nodes,
-    )
-    .map_err(|e| Error::Harness(format!("write report.html: {e}")))?;
+    crate::report::html::write(&dir, &plan.name, facts.seed, &outcome, &facts, &nodes)
+        .map_err(|e| Error::Harness(format!("write report.html: {e}")))?;
     println!("{}", dir.join("report.html").display());
     Ok(exit::MET)
 }

@@ -183,6 +183,13 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
     .await?;
     let setup_s = started.elapsed().as_secs_f64();
 
+    // Leader changes, as clients see them, for the record and the report.
+    let watcher = tokio::spawn(watch_leaders(
+        bootstrap.clone(),
+        plan.topic.name.clone(),
+        history.clone(),
+    ));
+
     // Fault phase.
     let status = Arc::new(Status::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -283,6 +290,7 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
         .await
         .map_err(|e| Error::Harness(e.to_string()))?;
     let drain_s = drain_start.elapsed().as_secs_f64();
+    watcher.abort();
     {
         let c = cluster.clone();
         tokio::task::spawn_blocking(move || c.lock().unwrap_or_else(|e| e.into_inner()).shutdown())
@@ -313,7 +321,7 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
         &timings,
     );
     let nodes: Vec<u32> = (1..=plan.cluster.nodes).collect();
-    report::html::write(&dir, &plan.name, seed, &outcome, &facts.faults, &nodes)
+    report::html::write(&dir, &plan.name, seed, &outcome, &facts, &nodes)
         .map_err(|e| Error::Harness(format!("write report.html: {e}")))?;
     std::fs::write(dir.join("summary.txt"), &summary)
         .map_err(|e| Error::Harness(format!("write summary: {e}")))?;
@@ -330,6 +338,30 @@ pub fn check_dir(dir: &Path, plan: &Plan) -> Result<(Outcome, Facts), Error> {
     let facts = checker::fold(&dir.join("history.jsonl"))?;
     let outcome = checker::evaluate(&facts, &plan.expect);
     Ok((outcome, facts))
+}
+
+/// Records every change of a partition's leader (polled every 500 ms).
+async fn watch_leaders(bootstrap: String, topic: String, history: History) {
+    let mut known: std::collections::BTreeMap<i32, i32> = std::collections::BTreeMap::new();
+    loop {
+        let (b, t) = (bootstrap.clone(), topic.clone());
+        if let Ok(Ok(layout)) =
+            tokio::task::spawn_blocking(move || kafka::layout(&b, &t, Duration::from_secs(2))).await
+        {
+            for (p, l) in layout.leaders {
+                if known.insert(p, l) != Some(l) {
+                    history.record(
+                        "harness",
+                        EventKind::Leader {
+                            partition: p,
+                            leader: l,
+                        },
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn wait_for_leaders(

@@ -512,6 +512,14 @@ fn report_html_shows_the_timeline_and_renders_in_chromium() {
         html.contains("power-loss [1]"),
         "fault labelled by kind and target"
     );
+    assert!(
+        html.contains("class=\"restart\""),
+        "the restart after the power loss is marked on the node lane"
+    );
+    assert!(
+        html.matches("class=\"leader\"").count() >= 2,
+        "leadership of each partition is marked"
+    );
     let lost = count(&r, "lost") as usize;
     assert_eq!(
         html.matches("class=\"lost\"").count(),

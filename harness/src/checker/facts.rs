@@ -90,6 +90,8 @@ pub struct Facts {
     /// Highest committed offset per partition.
     pub committed: BTreeMap<i32, i64>,
     pub faults: Vec<FaultWindow>,
+    /// Leader changes: (time, partition, leader).
+    pub leaders: Vec<(u64, i32, i32)>,
     pub conflicts: Vec<Conflict>,
     /// Last offset each consumer incarnation processed, per partition.
     last_polled: HashMap<(u32, i32), i64>,
@@ -319,6 +321,9 @@ impl Facts {
                         {
                             f.end = Some(e.t);
                         }
+                    }
+                    EventKind::Leader { partition, leader } => {
+                        self.leaders.push((e.t, partition, leader))
                     }
                     EventKind::DrainEnd {
                         complete, error, ..

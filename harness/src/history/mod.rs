@@ -99,6 +99,8 @@ pub enum EventKind {
         high_watermarks: BTreeMap<String, i64>,
         error: Option<String>,
     },
+    /// The leader of a partition changed, as Metadata reports it (-1: none).
+    Leader { partition: i32, leader: i32 },
     /// Anything the harness itself wants on record.
     Note { message: String },
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::checker::{facts::FaultWindow, Outcome, Verdict};
+use crate::checker::{facts::FaultWindow, Facts, Outcome, Verdict};
 
 /// Per-second figures of a run.
 #[derive(Debug, Default)]
@@ -157,10 +157,11 @@ pub fn render(
     plan: &str,
     seed: u64,
     o: &Outcome,
-    faults: &[FaultWindow],
+    facts: &Facts,
     tl: &Timeline,
     nodes: &[u32],
 ) -> String {
+    let faults = &facts.faults[..];
     let end = tl.end_s.max(1.0);
     let verdict = match o.verdict {
         Verdict::Valid => "valid",
@@ -176,7 +177,7 @@ body{{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}}h1{{font-size:2
 table{{border-collapse:collapse;margin:8px 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}\
 td.l,th.l{{text-align:left}}.bad{{background:#fde7e5}}svg{{background:#fff;border:1px solid #ddd}}\
 .fault{{fill:#f4a261;opacity:.25}}.flabel{{font-size:10px;fill:#9a4a00}}.tick{{font-size:10px;fill:#666}}.axis{{stroke:#999}}\
-.lost{{fill:#d62828}}.lane{{font-size:11px;fill:#333}}</style></head><body>",
+.lost{{fill:#d62828}}.lane{{font-size:11px;fill:#333}}.restart{{font-size:9px;fill:#2a9d8f}}.leader{{font-size:10px;fill:#1d4ed8}}</style></head><body>",
         p = esc(plan)
     );
     let _ = write!(html, "<h1>unlost: plan <code>{}</code>, seed <code>{seed}</code>: <span class=\"v-{verdict}\">{verdict}</span>, expectations {}</h1>", esc(plan), if o.expectations_met { "met" } else { "<b>NOT met</b>" });
@@ -255,13 +256,36 @@ td.l,th.l{{text-align:left}}.bad{{background:#fde7e5}}svg{{background:#fff;borde
     );
     html += &polyline(&p50, "#15803d");
     html += &polyline(&p99, "#7e22ce");
-    // Node lanes.
+    // Node lanes: fault bars, restarts, leadership.
+    let _ = write!(html, "<text class=\"lane\" x=\"{LEFT}\" y=\"{}\">per node: faults (bars), restarts, &#9650; became leader (Metadata)</text>", lanes_top - 8.0);
     for (i, n) in nodes.iter().enumerate() {
         let y = lanes_top + 22.0 * i as f64;
         let _ = write!(html, "<text class=\"lane\" x=\"4\" y=\"{}\">node {n}</text><line class=\"axis\" x1=\"{LEFT}\" y1=\"{}\" x2=\"{}\" y2=\"{}\"/>", y + 14.0, y + 18.0, W - 10.0, y + 18.0);
         for f in faults.iter().filter(|f| f.targets.contains(n)) {
             let (a, b) = (f.start as f64 / 1e6, f.end.map_or(end, |e| e as f64 / 1e6));
             let _ = write!(html, "<rect x=\"{:.1}\" y=\"{}\" width=\"{:.1}\" height=\"12\" fill=\"#e76f51\"><title>{}</title></rect>", x(a, end), y + 4.0, (x(b, end) - x(a, end)).max(2.0), esc(&format!("{}#{} {a:.1}s-{b:.1}s {}", f.fault, f.id, f.detail)));
+            if matches!(f.fault.as_str(), "kill" | "power-loss" | "torn-power-loss")
+                && f.end.is_some()
+            {
+                let _ = write!(
+                    html,
+                    "<text class=\"restart\" x=\"{:.1}\" y=\"{}\">restart</text>",
+                    x(b, end) + 2.0,
+                    y + 14.0
+                );
+            }
+        }
+        for (t, p, _) in facts.leaders.iter().filter(|(_, _, l)| *l == *n as i32) {
+            let _ = write!(
+                html,
+                "<text class=\"leader\" x=\"{:.1}\" y=\"{}\">&#9650;<title>{}</title></text>",
+                x(*t as f64 / 1e6, end) - 4.0,
+                y + 16.0,
+                esc(&format!(
+                    "leader of partition {p} from {:.2}s",
+                    *t as f64 / 1e6
+                ))
+            );
         }
     }
     html += "</svg>";
@@ -286,12 +310,12 @@ pub fn write(
     plan: &str,
     seed: u64,
     o: &Outcome,
-    faults: &[FaultWindow],
+    facts: &Facts,
     nodes: &[u32],
 ) -> std::io::Result<()> {
     let tl = timeline(&dir.join("history.jsonl"))?;
     std::fs::write(
         dir.join("report.html"),
-        render(plan, seed, o, faults, &tl, nodes),
+        render(plan, seed, o, facts, &tl, nodes),
     )
 }
