@@ -8,6 +8,7 @@
 
 pub mod alloc;
 pub mod config;
+pub mod coordinator;
 pub mod partition;
 pub mod server;
 pub mod storage;

@@ -724,3 +724,120 @@ fn idempotent_batches_are_deduplicated_across_restarts_and_gaps_refused() {
         .log_text()
         .contains("idempotent retry: already stored"));
 }
+
+fn group_consumer(bootstrap: &str, group: &str) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "200")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "300")
+        .create()
+        .unwrap();
+    c.subscribe(&["members"]).unwrap();
+    c
+}
+
+/// Polls the consumers round-robin until `want` distinct values arrived.
+fn poll_until(consumers: &[&BaseConsumer], seen: &mut BTreeMap<String, usize>, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < want {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {want} values consumed",
+            seen.len()
+        );
+        for (i, c) in consumers.iter().enumerate() {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
+                seen.insert(String::from_utf8_lossy(m.payload().unwrap()).into(), i);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribed_consumers_share_partitions_and_take_over_when_one_leaves() {
+    let broker = BrokerProcess::start(&[]);
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "members", 4).await;
+    let p = producer(&bootstrap, "all");
+    produce(&p, "members", 0, 400, 4).await;
+    let b = bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        let (c1, c2) = (group_consumer(&b, "share"), group_consumer(&b, "share"));
+        let mut seen = BTreeMap::new();
+        poll_until(&[&c1, &c2], &mut seen, 400);
+        let a1 = c1.assignment().unwrap().count();
+        let a2 = c2.assignment().unwrap().count();
+        assert_eq!(a1 + a2, 4, "every partition has one owner");
+        assert!(
+            a1 > 0 && a2 > 0,
+            "both members got partitions: {a1} and {a2}"
+        );
+        // One member leaves (close sends LeaveGroup): the other takes all.
+        drop(c1);
+        let p2: rdkafka::producer::BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .create()
+            .unwrap();
+        for i in 0..200 {
+            let v = format!("after-{i}");
+            p2.send(
+                rdkafka::producer::BaseRecord::<(), _>::to("members")
+                    .payload(&v)
+                    .partition(i % 4),
+            )
+            .unwrap();
+        }
+        rdkafka::producer::Producer::flush(&p2, Duration::from_secs(10)).unwrap();
+        poll_until(&[&c2], &mut seen, 600);
+        assert_eq!(c2.assignment().unwrap().count(), 4);
+    })
+    .await
+    .unwrap();
+}
+
+#[test]
+fn kcat_consumes_as_a_group_and_resumes_from_committed_offsets() {
+    require_program("kcat", "kcat");
+    let broker = BrokerProcess::start(&["--default-partitions", "3"]);
+    let run = |args: &[&str], input: Option<&str>| {
+        let mut cmd = std::process::Command::new("kcat");
+        cmd.arg("-b")
+            .arg(broker.bootstrap())
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(text) = input {
+            stdin.write_all(text.as_bytes()).unwrap();
+        }
+        drop(stdin);
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    let first: String = (1..=300).map(|i| format!("{i}\n")).collect();
+    run(&["-P", "-t", "gt", "-X", "acks=all"], Some(&first));
+    let got = run(&["-G", "kg", "gt", "-q", "-e", "-o", "beginning"], None);
+    assert_eq!(
+        got.lines().count(),
+        300,
+        "the group consumer reads everything"
+    );
+    let second: String = (301..=350).map(|i| format!("{i}\n")).collect();
+    run(&["-P", "-t", "gt", "-X", "acks=all"], Some(&second));
+    let got: Vec<u32> = run(&["-G", "kg", "gt", "-q", "-e"], None)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let mut got = got;
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (301..=350).collect::<Vec<_>>(),
+        "the group resumes from its committed offsets"
+    );
+}

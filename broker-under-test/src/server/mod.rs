@@ -20,6 +20,8 @@ pub struct Broker {
     pub config: Config,
     pub topics: Topics,
     pub offsets: Arc<Mutex<OffsetStore>>,
+    /// Consumer-group membership.
+    pub coordinator: Arc<crate::coordinator::Coordinator>,
     /// Producer ids for idempotent producers.
     pub producer_ids: Mutex<ProducerIds>,
     /// Bumped on every append to any partition; fetches long-poll on it.
@@ -41,12 +43,20 @@ impl Broker {
             topics,
             offsets: Arc::new(Mutex::new(offsets)),
             producer_ids: Mutex::new(producer_ids),
+            coordinator: Arc::new(crate::coordinator::Coordinator::default()),
             appended,
         }))
     }
 
     /// Accepts connections until the listener fails; one task per connection.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        let coordinator = self.coordinator.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                coordinator.tick();
+            }
+        });
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(conn) => conn,

@@ -97,6 +97,30 @@ fn seeds() -> Vec<Vec<u8>> {
             .with_num_partitions(2)
             .with_replication_factor(1)]);
     let coordinator = FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("fg"));
+    let join = JoinGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("fg")))
+        .with_session_timeout_ms(6000)
+        .with_rebalance_timeout_ms(6000)
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+        )
+        .with_name(StrBytes::from_static_str("range"))
+        .with_metadata(Bytes::from_static(b"meta"))]);
+    let sync = SyncGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("fg")))
+        .with_generation_id(1)
+        .with_member_id(StrBytes::from_static_str("m"));
+    let heartbeat = HeartbeatRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("fg")))
+        .with_generation_id(1)
+        .with_member_id(StrBytes::from_static_str("m"));
+    let leave = LeaveGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("fg")))
+        .with_member_id(StrBytes::from_static_str("m"));
+    let init = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
     vec![
         frame(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default()),
         frame(ApiKey::ApiVersions, 0, &ApiVersionsRequest::default()),
@@ -116,6 +140,12 @@ fn seeds() -> Vec<Vec<u8>> {
         frame(ApiKey::CreateTopics, 6, &create),
         frame(ApiKey::FindCoordinator, 0, &coordinator),
         frame(ApiKey::FindCoordinator, 3, &coordinator),
+        frame(ApiKey::JoinGroup, 0, &join),
+        frame(ApiKey::JoinGroup, 5, &join),
+        frame(ApiKey::SyncGroup, 3, &sync),
+        frame(ApiKey::Heartbeat, 3, &heartbeat),
+        frame(ApiKey::LeaveGroup, 0, &leave),
+        frame(ApiKey::InitProducerId, 4, &init),
     ]
 }
 

@@ -43,6 +43,12 @@ pub fn find_coordinator(broker: &Arc<Broker>, req: FindCoordinatorRequest, versi
 /// Stores commits; the answer is sent after they are fsynced.
 pub fn offset_commit(broker: &Arc<Broker>, req: OffsetCommitRequest, version: i16) -> Reply {
     let group = req.group_id.0.to_string();
+    // A commit tagged with a generation must come from a current member.
+    let member_error = broker.coordinator.check_commit(
+        &group,
+        req.generation_id_or_member_epoch,
+        req.member_id.as_str(),
+    );
     let mut entries = Vec::new();
     let mut topics = Vec::new();
     for t in req.topics {
@@ -54,7 +60,9 @@ pub fn offset_commit(broker: &Arc<Broker>, req: OffsetCommitRequest, version: i1
             });
             let mut r =
                 OffsetCommitResponsePartition::default().with_partition_index(p.partition_index);
-            if known {
+            if member_error != 0 {
+                r.error_code = member_error;
+            } else if known {
                 entries.push((
                     OffsetKey {
                         group: group.clone(),

@@ -5,6 +5,7 @@
 mod admin;
 mod fetch;
 mod groups;
+mod membership;
 mod metadata;
 mod offsets;
 mod produce;
@@ -38,6 +39,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 6),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::JoinGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 3),
+    (ApiKey::Heartbeat, 0, 3),
+    (ApiKey::LeaveGroup, 0, 3),
 ];
 
 /// Whether this broker serves `version` of `key`.
@@ -98,6 +103,16 @@ pub async fn dispatch(
         }
         ApiKey::OffsetCommit => groups::offset_commit(broker, decode(key, body, v)?, v),
         ApiKey::OffsetFetch => ready(groups::offset_fetch(broker, decode(key, body, v)?, v)),
+        ApiKey::JoinGroup => {
+            let client = header
+                .client_id
+                .as_ref()
+                .map_or("consumer".to_string(), |c| c.to_string());
+            membership::join(broker, &client, decode(key, body, v)?, v)
+        }
+        ApiKey::SyncGroup => membership::sync(broker, decode(key, body, v)?, v),
+        ApiKey::Heartbeat => membership::heartbeat(broker, decode(key, body, v)?, v),
+        ApiKey::LeaveGroup => membership::leave(broker, decode(key, body, v)?, v),
         ApiKey::InitProducerId => ready(admin::init_producer_id(broker, decode(key, body, v)?, v)),
         _ => return Err(format!("unsupported API {key:?} v{v}")),
     })
