@@ -4,11 +4,13 @@
 //! - before-process: commit the batch end, then process (at-most-once);
 //! - auto: the client's periodic auto-commit of polled positions.
 //!
-//! Partitions are assigned statically (partition p to consumer p mod N),
-//! starting from the group's committed offsets. A consumer-crash fault stops
-//! a consumer mid-batch, without committing the rest, and a new incarnation
-//! (`c<i>#<n+1>`) takes over from the committed offsets. (With auto-commit,
-//! closing the client commits polled positions; that crash is a close.)
+//! Members subscribe to the topic: the broker's group coordinator and the
+//! clients' assignor share the partitions, and every assignment change is
+//! recorded (an `assign` event: positions may restart from the committed
+//! offsets there). A consumer-crash fault stops a consumer mid-batch,
+//! without committing the rest, and a new incarnation (`c<i>#<n+1>`) joins
+//! the group. (With auto-commit, closing the client commits polled
+//! positions; that crash is a close.)
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +19,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use super::{value_of, Status};
 use crate::draw::Draw;
@@ -90,6 +92,55 @@ impl Consumers {
     }
 }
 
+/// Records the partitions a member holds after each rebalance.
+struct Membership {
+    history: History,
+    name: String,
+}
+
+impl ClientContext for Membership {}
+
+impl ConsumerContext for Membership {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let partitions = match rebalance {
+            Rebalance::Assign(tpl) => tpl.elements().iter().map(|e| e.partition()).collect(),
+            Rebalance::Revoke(_) => Vec::new(),
+            Rebalance::Error(e) => {
+                self.history.record(
+                    &self.name,
+                    EventKind::Note {
+                        message: format!("rebalance error: {e}"),
+                    },
+                );
+                return;
+            }
+        };
+        self.history
+            .record(&self.name, EventKind::Assign { partitions });
+    }
+}
+
+type Member = BaseConsumer<Membership>;
+
+fn member_client(job: &ConsumerJob, name: &str) -> Result<Member, String> {
+    let auto = job.spec.commit == CommitPolicy::Auto;
+    ClientConfig::new()
+        .set("bootstrap.servers", &job.bootstrap)
+        .set("group.id", &job.spec.group)
+        .set("enable.auto.commit", if auto { "true" } else { "false" })
+        .set("auto.commit.interval.ms", "500")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .set("log_level", "0")
+        .set("reconnect.backoff.max.ms", "1000")
+        .create_with_context(Membership {
+            history: job.history.clone(),
+            name: name.to_string(),
+        })
+        .map_err(|e| format!("consumer: {e}"))
+}
+
 fn client(job: &ConsumerJob) -> Result<BaseConsumer, String> {
     let auto = job.spec.commit == CommitPolicy::Auto;
     ClientConfig::new()
@@ -106,15 +157,12 @@ fn client(job: &ConsumerJob) -> Result<BaseConsumer, String> {
 }
 
 fn member(i: u32, job: ConsumerJob, stop: Arc<AtomicBool>, crash: Arc<AtomicBool>) {
-    let mine: Vec<i32> = (0..job.partitions)
-        .filter(|p| (*p as u32) % job.spec.count == i)
-        .collect();
     let mut incarnation = 0;
     while !stop.load(Ordering::SeqCst) {
         incarnation += 1;
         let name = format!("c{i}#{incarnation}");
         job.history.record(&name, EventKind::ConsumerStart);
-        let consumer = match client(&job) {
+        let consumer = match member_client(&job, &name) {
             Ok(c) => c,
             Err(e) => {
                 job.history.record(&name, EventKind::Note { message: e });
@@ -122,31 +170,21 @@ fn member(i: u32, job: ConsumerJob, stop: Arc<AtomicBool>, crash: Arc<AtomicBool
                 continue;
             }
         };
-        let mut tpl = TopicPartitionList::new();
-        for p in &mine {
-            let _ = tpl.add_partition_offset(&job.topic, *p, Offset::Stored);
-        }
-        if let Err(e) = consumer.assign(&tpl) {
+        if let Err(e) = consumer.subscribe(&[&job.topic]) {
             job.history.record(
                 &name,
                 EventKind::Note {
-                    message: format!("assign: {e}"),
+                    message: format!("subscribe: {e}"),
                 },
             );
             std::thread::sleep(Duration::from_secs(1));
             continue;
         }
-        job.history.record(
-            &name,
-            EventKind::Assign {
-                partitions: mine.clone(),
-            },
-        );
         crash.store(false, Ordering::SeqCst);
         if consume(&name, &consumer, &job, &stop, &crash) {
             job.history.record(&name, EventKind::ConsumerCrash);
         }
-        // Dropping the client closes it without committing (manual policies).
+        // Dropping the client leaves the group without committing (manual policies).
         drop(consumer);
     }
 }
@@ -154,7 +192,7 @@ fn member(i: u32, job: ConsumerJob, stop: Arc<AtomicBool>, crash: Arc<AtomicBool
 /// Returns true when the incarnation crashed, false when it was stopped.
 fn consume(
     name: &str,
-    c: &BaseConsumer,
+    c: &Member,
     job: &ConsumerJob,
     stop: &AtomicBool,
     crash: &AtomicBool,
@@ -219,7 +257,7 @@ fn consume(
     }
 }
 
-fn commit(name: &str, c: &BaseConsumer, job: &ConsumerJob, ends: &BTreeMap<i32, i64>) -> bool {
+fn commit(name: &str, c: &Member, job: &ConsumerJob, ends: &BTreeMap<i32, i64>) -> bool {
     let mut tpl = TopicPartitionList::new();
     for (p, o) in ends {
         let _ = tpl.add_partition_offset(&job.topic, *p, Offset::Offset(*o));
