@@ -160,22 +160,7 @@ fn cmd_check(dir: PathBuf) -> Result<i32, Error> {
         check_s: start.elapsed().as_secs_f64(),
         ..Default::default()
     };
-    let seed = facts.seed;
-    crate::report::write_results(&dir, &plan.name, seed, &outcome, &facts.faults, &timings)
-        .map_err(|e| Error::Harness(format!("write results: {e}")))?;
-    let summary = crate::report::summary(
-        &plan.name,
-        seed,
-        &dir,
-        &outcome,
-        facts.faults.len(),
-        &timings,
-    );
-    std::fs::write(dir.join("summary.txt"), &summary)
-        .map_err(|e| Error::Harness(format!("write summary: {e}")))?;
-    let nodes: Vec<u32> = (1..=plan.cluster.nodes).collect();
-    crate::report::html::write(&dir, &plan.name, seed, &outcome, &facts, &nodes)
-        .map_err(|e| Error::Harness(format!("write report.html: {e}")))?;
+    let summary = crate::report::write_all(&dir, &plan, facts.seed, &outcome, &facts, &timings)?;
     print!("{summary}");
     Ok(if outcome.expectations_met {
         exit::MET

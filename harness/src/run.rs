@@ -310,21 +310,7 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
         check_s: check_start.elapsed().as_secs_f64(),
         total_s: started.elapsed().as_secs_f64(),
     };
-    report::write_results(&dir, &plan.name, seed, &outcome, &facts.faults, &timings)
-        .map_err(|e| Error::Harness(format!("write results: {e}")))?;
-    let summary = report::summary(
-        &plan.name,
-        seed,
-        &dir,
-        &outcome,
-        facts.faults.len(),
-        &timings,
-    );
-    let nodes: Vec<u32> = (1..=plan.cluster.nodes).collect();
-    report::html::write(&dir, &plan.name, seed, &outcome, &facts, &nodes)
-        .map_err(|e| Error::Harness(format!("write report.html: {e}")))?;
-    std::fs::write(dir.join("summary.txt"), &summary)
-        .map_err(|e| Error::Harness(format!("write summary: {e}")))?;
+    let summary = report::write_all(&dir, plan, seed, &outcome, &facts, &timings)?;
     Ok(RunResult {
         dir,
         seed,

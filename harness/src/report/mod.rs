@@ -191,3 +191,25 @@ pub fn summary(
     );
     out
 }
+
+/// Writes every report of a checked run (results.json, lost.jsonl,
+/// summary.txt, report.html) into its dir; returns the summary text.
+pub fn write_all(
+    dir: &Path,
+    plan: &crate::plan::Plan,
+    seed: u64,
+    o: &Outcome,
+    facts: &crate::checker::Facts,
+    timings: &Timings,
+) -> Result<String, crate::Error> {
+    let fail = |what: &str, e: std::io::Error| {
+        crate::Error::Harness(format!("write {what} in {}: {e}", dir.display()))
+    };
+    write_results(dir, &plan.name, seed, o, &facts.faults, timings)
+        .map_err(|e| fail("results", e))?;
+    let text = summary(&plan.name, seed, dir, o, facts.faults.len(), timings);
+    std::fs::write(dir.join("summary.txt"), &text).map_err(|e| fail("summary.txt", e))?;
+    let nodes: Vec<u32> = (1..=plan.cluster.nodes).collect();
+    html::write(dir, &plan.name, seed, o, facts, &nodes).map_err(|e| fail("report.html", e))?;
+    Ok(text)
+}

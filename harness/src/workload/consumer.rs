@@ -141,21 +141,6 @@ fn member_client(job: &ConsumerJob, name: &str) -> Result<Member, String> {
         .map_err(|e| format!("consumer: {e}"))
 }
 
-fn client(job: &ConsumerJob) -> Result<BaseConsumer, String> {
-    let auto = job.spec.commit == CommitPolicy::Auto;
-    ClientConfig::new()
-        .set("bootstrap.servers", &job.bootstrap)
-        .set("group.id", &job.spec.group)
-        .set("enable.auto.commit", if auto { "true" } else { "false" })
-        .set("auto.commit.interval.ms", "500")
-        .set("auto.offset.reset", "earliest")
-        .set("log_level", "0")
-        // Reconnect quickly after a node restarts (default backoff grows to 10 s).
-        .set("reconnect.backoff.max.ms", "1000")
-        .create()
-        .map_err(|e| format!("consumer: {e}"))
-}
-
 fn member(i: u32, job: ConsumerJob, stop: Arc<AtomicBool>, crash: Arc<AtomicBool>) {
     let mut incarnation = 0;
     while !stop.load(Ordering::SeqCst) {
@@ -290,7 +275,9 @@ fn commit(name: &str, c: &Member, job: &ConsumerJob, ends: &BTreeMap<i32, i64>) 
 /// Records the group's committed offsets as the broker has them now (for
 /// auto-commit, whose commits the harness does not see one by one).
 pub fn record_committed(job: &ConsumerJob) {
-    let Ok(c) = client(job) else { return };
+    let Ok(c) = member_client(job, "group") else {
+        return;
+    };
     let mut tpl = TopicPartitionList::new();
     for p in 0..job.partitions {
         tpl.add_partition(&job.topic, p);
