@@ -20,9 +20,8 @@ pub fn check(f: &Facts) -> Vec<Duplicate> {
         .drained_again
         .iter()
         .map(|(v, again)| {
-            let retried =
-                matches!(v, Value::Id(id) if f.sends.get(id).is_some_and(|s| s.attempts > 1));
-            let mut offsets = vec![f.drained[v]];
+            let retried = matches!(v, Value::Id(id) if f.send(*id).is_some_and(|s| s.attempts > 1));
+            let mut offsets: Vec<(i32, i64)> = f.drained_at(*v).into_iter().collect();
             offsets.extend(again);
             offsets.sort_unstable();
             Duplicate {

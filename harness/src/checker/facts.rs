@@ -9,6 +9,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use serde::Deserialize;
 
+use super::dense::Dense;
 use crate::history::{Event, EventKind, ValueId};
 
 /// A message value: a harness id, or foreign bytes (interned).
@@ -16,6 +17,12 @@ use crate::history::{Event, EventKind, ValueId};
 pub enum Value {
     Id(ValueId),
     Other(u32),
+}
+
+impl Default for Value {
+    fn default() -> Self {
+        Value::Other(u32::MAX)
+    }
 }
 
 /// Everything known about one sent value.
@@ -28,11 +35,15 @@ pub struct SendState {
     pub delivered: u32,
     /// First acknowledgement: partition, offset, time.
     pub ok: Option<(i32, i64, u64)>,
+    /// Where the final drain first found it.
+    pub drained_at: Option<(i32, i64)>,
 }
 
 /// What is known about one offset.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct OffsetInfo {
+    /// Whether anything was seen at this offset yet.
+    pub seen: bool,
     /// The value first seen there (ack, delivery or drain).
     pub value: Value,
     pub drained: bool,
@@ -76,10 +87,12 @@ pub struct Facts {
     pub plan: String,
     pub seed: u64,
     pub max_in_flight: u32,
-    pub sends: HashMap<ValueId, SendState>,
-    pub offsets: HashMap<(i32, i64), OffsetInfo>,
-    /// Where the drain found each value first, and any further places.
-    pub drained: HashMap<Value, (i32, i64)>,
+    /// Per harness value (producer, sequence): attempts, ack, drain.
+    sends: Dense<SendState>,
+    /// Per (partition, offset): the value first seen there.
+    offsets: Dense<OffsetInfo>,
+    /// Where the drain first found foreign values (harness values: in `sends`).
+    drained_foreign: HashMap<Value, (i32, i64)>,
     pub drained_again: HashMap<Value, Vec<(i32, i64)>>,
     pub drained_total: u64,
     pub drain_complete: Option<bool>,
@@ -184,7 +197,7 @@ impl Facts {
         let Some(v) = ValueId::parse(value) else {
             return;
         };
-        let s = self.sends.entry(v).or_default();
+        let s = self.sends.entry(u64::from(v.producer()), v.seq());
         match outcome {
             Outcome::Invoke => s.attempts += 1,
             Outcome::Fail => s.fails += 1,
@@ -210,7 +223,11 @@ impl Facts {
         self.tick(t);
         let v = self.value(value);
         match v {
-            Value::Id(id) => self.sends.entry(id).or_default().delivered += 1,
+            Value::Id(id) => {
+                self.sends
+                    .entry(u64::from(id.producer()), id.seq())
+                    .delivered += 1
+            }
             Value::Other(_) => *self.foreign_deliveries.entry(v).or_default() += 1,
         }
         self.delivered_total += 1;
@@ -227,25 +244,37 @@ impl Facts {
         }
         self.last_polled.insert(key, o);
         self.see(p, o, v, "deliver");
-        if let Some(info) = self.offsets.get_mut(&(p, o)) {
-            info.processed = true;
-        }
+        self.offsets.entry(p as u64, o as u64).processed = true;
     }
 
     fn on_drain(&mut self, value: &str, p: i32, o: i64, t: u64) {
         self.tick(t);
         let v = self.value(value);
         self.drained_total += 1;
-        match self.drained.get(&v) {
-            None => {
-                self.drained.insert(v, (p, o));
+        let first = match v {
+            Value::Id(id) => self
+                .sends
+                .entry(u64::from(id.producer()), id.seq())
+                .drained_at
+                .replace((p, o)),
+            Value::Other(_) => self.drained_foreign.insert(v, (p, o)),
+        };
+        // Keep the first place; further ones are duplicates.
+        if let Some(first) = first {
+            match v {
+                Value::Id(id) => {
+                    self.sends
+                        .entry(u64::from(id.producer()), id.seq())
+                        .drained_at = Some(first)
+                }
+                Value::Other(_) => {
+                    self.drained_foreign.insert(v, first);
+                }
             }
-            Some(_) => self.drained_again.entry(v).or_default().push((p, o)),
+            self.drained_again.entry(v).or_default().push((p, o));
         }
         self.see(p, o, v, "drain");
-        if let Some(info) = self.offsets.get_mut(&(p, o)) {
-            info.drained = true;
-        }
+        self.offsets.entry(p as u64, o as u64).drained = true;
     }
 
     fn on_commit(&mut self, p: i32, o: i64, t: u64) {
@@ -338,14 +367,12 @@ impl Facts {
     }
 
     fn see(&mut self, partition: i32, offset: i64, v: Value, seen_in: &'static str) {
-        let info = self
-            .offsets
-            .entry((partition, offset))
-            .or_insert(OffsetInfo {
-                value: v,
-                drained: false,
-                processed: false,
-            });
+        let info = self.offsets.entry(partition as u64, offset as u64);
+        if !info.seen {
+            info.seen = true;
+            info.value = v;
+            return;
+        }
         let first = info.value;
         // One conflict per offset is enough to name it.
         if first != v
@@ -364,9 +391,44 @@ impl Facts {
         }
     }
 
+    /// Where the drain first found this value, if it did.
+    pub fn drained_at(&self, v: Value) -> Option<(i32, i64)> {
+        match v {
+            Value::Id(id) => self.send(id).and_then(|s| s.drained_at),
+            Value::Other(_) => self.drained_foreign.get(&v).copied(),
+        }
+    }
+
     /// Whether the drain read this value.
     pub fn was_drained(&self, v: Value) -> bool {
-        self.drained.contains_key(&v)
+        self.drained_at(v).is_some()
+    }
+
+    /// Every value the drain read, with where it first found it.
+    pub fn drained_values(&self) -> impl Iterator<Item = (Value, (i32, i64))> + '_ {
+        let ids = self
+            .sends()
+            .filter_map(|(v, s)| s.drained_at.map(|at| (Value::Id(v), at)));
+        ids.chain(self.drained_foreign.iter().map(|(v, at)| (*v, *at)))
+    }
+
+    /// Every harness value the history mentions, with what is known of it.
+    pub fn sends(&self) -> impl Iterator<Item = (ValueId, &SendState)> {
+        self.sends
+            .iter()
+            .map(|((p, s), st)| (ValueId::new(p as u32, s), st))
+    }
+
+    /// What is known of one harness value.
+    pub fn send(&self, v: ValueId) -> Option<&SendState> {
+        self.sends.get(u64::from(v.producer()), v.seq())
+    }
+
+    /// Every offset seen, with what is known of it.
+    pub fn offsets(&self) -> impl Iterator<Item = ((i32, i64), &OffsetInfo)> {
+        self.offsets
+            .iter()
+            .map(|((p, o), info)| ((p as i32, o as i64), info))
     }
 
     /// Faults whose window overlaps [t - before, t + after].

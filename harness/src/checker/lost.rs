@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::facts::{Facts, Value};
+use super::facts::Facts;
 
 /// How far before and after an ack a fault counts as "around" it (µs).
 const BEFORE: u64 = 5_000_000;
@@ -24,11 +24,10 @@ pub struct LostMessage {
 /// Every lost message, in ack order.
 pub fn check(f: &Facts) -> Vec<LostMessage> {
     let mut lost: Vec<LostMessage> = f
-        .sends
-        .iter()
+        .sends()
         .filter_map(|(v, s)| {
             let (partition, offset, t) = s.ok?;
-            if f.was_drained(Value::Id(*v)) {
+            if s.drained_at.is_some() {
                 return None;
             }
             Some(LostMessage {

@@ -6,6 +6,7 @@
 //! its anomalies from the facts.
 
 pub mod anomaly;
+pub mod dense;
 pub mod duplicated;
 pub mod facts;
 pub mod inconsistent_offset;
@@ -210,18 +211,16 @@ pub fn evaluate(f: &Facts, expect: &BTreeMap<Anomaly, Expect>) -> Outcome {
         .collect();
     let expectations_met = expectations.iter().all(|e| e.met == Some(true));
     let stats = Stats {
-        sent: f.sends.len() as u64,
-        attempts: f.sends.values().map(|s| u64::from(s.attempts)).sum(),
-        acked: f.sends.values().filter(|s| s.ok.is_some()).count() as u64,
+        sent: f.sends().filter(|(_, s)| s.attempts > 0).count() as u64,
+        attempts: f.sends().map(|(_, s)| u64::from(s.attempts)).sum(),
+        acked: f.sends().filter(|(_, s)| s.ok.is_some()).count() as u64,
         failed: f
-            .sends
-            .values()
-            .filter(|s| s.ok.is_none() && s.infos == 0 && s.fails > 0)
+            .sends()
+            .filter(|(_, s)| s.ok.is_none() && s.infos == 0 && s.fails > 0)
             .count() as u64,
         indeterminate: f
-            .sends
-            .values()
-            .filter(|s| s.ok.is_none() && s.infos > 0)
+            .sends()
+            .filter(|(_, s)| s.ok.is_none() && s.infos > 0)
             .count() as u64,
         delivered: f.delivered_total,
         drained: f.drained_total,

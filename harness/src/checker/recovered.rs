@@ -1,15 +1,14 @@
 //! Observation: an indeterminate send (timeout) whose value is in the log
 //! anyway. Reported as `recovered`; a timed-out write is unknown, never absent.
 
-use super::facts::{Facts, Value};
+use super::facts::Facts;
 
 /// Indeterminate sends present in the drain.
 pub fn check(f: &Facts) -> Vec<String> {
     let mut out: Vec<_> = f
-        .sends
-        .iter()
-        .filter(|(v, s)| s.ok.is_none() && s.infos > 0 && f.was_drained(Value::Id(**v)))
-        .map(|(v, _)| *v)
+        .sends()
+        .filter(|(_, s)| s.ok.is_none() && s.infos > 0 && s.drained_at.is_some())
+        .map(|(v, _)| v)
         .collect();
     out.sort();
     out.into_iter().map(|v| v.to_string()).collect()

@@ -6,10 +6,9 @@ use super::facts::{Facts, Value};
 /// Values processed more than once, with the count.
 pub fn check(f: &Facts) -> Vec<String> {
     let ids = f
-        .sends
-        .iter()
+        .sends()
         .filter(|(_, s)| s.delivered > 1)
-        .map(|(v, s)| (Value::Id(*v), s.delivered));
+        .map(|(v, s)| (Value::Id(v), s.delivered));
     let foreign = f
         .foreign_deliveries
         .iter()

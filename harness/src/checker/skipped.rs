@@ -7,12 +7,11 @@ use super::facts::Facts;
 /// "partition/offset value" of each skipped message.
 pub fn check(f: &Facts) -> Vec<String> {
     let mut out: Vec<(i32, i64, String)> = f
-        .offsets
-        .iter()
+        .offsets()
         .filter(|((p, o), info)| {
             info.drained && !info.processed && f.committed.get(p).is_some_and(|&c| *o < c)
         })
-        .map(|((p, o), info)| (*p, *o, f.show(info.value)))
+        .map(|((p, o), info)| (p, o, f.show(info.value)))
         .collect();
     out.sort();
     out.into_iter()

@@ -7,16 +7,14 @@ use super::facts::{Facts, Value};
 /// Unexpected values found in the drain.
 pub fn check(f: &Facts) -> Vec<String> {
     let mut out: Vec<String> = f
-        .drained
-        .keys()
-        .filter(|v| match v {
+        .drained_values()
+        .filter(|(v, _)| match v {
             Value::Other(_) => true,
-            Value::Id(id) => match f.sends.get(id) {
-                None => true,
-                Some(s) => s.ok.is_none() && s.infos == 0 && s.fails >= s.attempts.max(1),
-            },
+            Value::Id(id) => f.send(*id).is_none_or(|s| {
+                s.attempts == 0 || (s.ok.is_none() && s.infos == 0 && s.fails >= s.attempts)
+            }),
         })
-        .map(|v| f.show(*v))
+        .map(|(v, _)| f.show(v))
         .collect();
     out.sort();
     out
