@@ -248,19 +248,21 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
             ),
         }
     }
+    let fault_phase_s = phase.elapsed().as_secs_f64();
+
+    // Heal before the consumers stop: a consumer committing or leaving the
+    // group against a dead or cut-off coordinator blocks until it is back.
+    let heal_start = Instant::now();
+    let heal_result = nemesis.heal().await;
     let c2 = consumers.clone();
-    tokio::task::spawn_blocking(move || c2.stop())
+    let h2 = history.clone();
+    tokio::task::spawn_blocking(move || c2.stop(Duration::from_secs(30), &h2))
         .await
         .map_err(|e| Error::Harness(e.to_string()))?;
     if let Some(t) = ticker {
         t.abort();
         eprintln!();
     }
-    let fault_phase_s = phase.elapsed().as_secs_f64();
-
-    // Heal, wait for the cluster, drain.
-    let heal_start = Instant::now();
-    let heal_result = nemesis.heal().await;
     fault_result?;
     heal_result?;
     wait_for_leaders(

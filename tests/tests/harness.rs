@@ -580,3 +580,35 @@ fn idempotent_producers_do_not_duplicate_under_the_same_pauses() {
     assert_eq!(count(&r, "lost"), 0);
     assert!(count(&r, "acked") > 5000);
 }
+
+#[test]
+fn a_kill_that_outlasts_the_run_is_healed_before_consumers_stop() {
+    // Regression: consumers blocked committing to a killed node used to be
+    // stopped before the heal that restarts it, and the run hung.
+    let out = tempfile::tempdir().unwrap();
+    let plan = out.path().join("late.yaml");
+    std::fs::write(
+        &plan,
+        "name: late\nduration: 5s\ncluster: { nodes: 1 }\ntopic: { partitions: 2, replication_factor: 1 }\nproducers: { count: 1, rate: 200/s }\nconsumers: { count: 2, commit: after-process }\nfaults:\n  - { at: 4s, for: 10s, kill: all }\nexpect: { lost: 0, redelivered: any }\n",
+    )
+    .unwrap();
+    let runs = out.path().join("runs");
+    let started = Instant::now();
+    let o = unlost(&[
+        "run",
+        plan.to_str().unwrap(),
+        "--out",
+        runs.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "the run finished"
+    );
+    let r = results(&run_dir(&runs));
+    let kill = &r["faults"][0];
+    assert!(
+        kill["end_s"].as_f64().unwrap() >= 5.0,
+        "the kill was healed at the end of the run: {kill}"
+    );
+}

@@ -83,11 +83,28 @@ impl Consumers {
     }
 
     /// Stops every consumer (after its current batch) and waits.
-    pub fn stop(&self) {
+    /// A consumer still blocked inside its client after `patience` (say,
+    /// a commit to a coordinator that never came back) is left behind and
+    /// noted in the history, rather than hang the run.
+    pub fn stop(&self, patience: Duration, history: &History) {
         self.stop.store(true, Ordering::SeqCst);
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let deadline = std::time::Instant::now() + patience;
         for t in threads {
-            let _ = t.join();
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                let name = t.thread().name().unwrap_or("consumer").to_string();
+                history.record(
+                    "harness",
+                    EventKind::Note {
+                        message: format!("{name} did not stop within {patience:?}; left behind"),
+                    },
+                );
+            }
         }
     }
 }
