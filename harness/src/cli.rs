@@ -145,7 +145,8 @@ fn cmd_run(path: PathBuf, opts: RunOptions) -> Result<i32, Error> {
     })
 }
 
-fn cmd_check(dir: PathBuf) -> Result<i32, Error> {
+/// The plan stored in a run dir (a run dir is what has a plan.yaml).
+fn run_dir_plan(dir: &std::path::Path) -> Result<Plan, Error> {
     let plan_file = dir.join("plan.yaml");
     if !plan_file.is_file() {
         return Err(Error::Usage(format!(
@@ -153,7 +154,11 @@ fn cmd_check(dir: PathBuf) -> Result<i32, Error> {
             dir.display()
         )));
     }
-    let plan = Plan::load(&plan_file)?;
+    Ok(Plan::load(&plan_file)?)
+}
+
+fn cmd_check(dir: PathBuf) -> Result<i32, Error> {
+    let plan = run_dir_plan(&dir)?;
     let start = std::time::Instant::now();
     let (outcome, facts) = run::check_dir(&dir, &plan)?;
     let timings = crate::report::Timings {
@@ -180,14 +185,7 @@ fn cmd_suite(args: Vec<PathBuf>, opts: crate::suite::SuiteOptions) -> Result<i32
 }
 
 fn cmd_report(dir: PathBuf) -> Result<i32, Error> {
-    let plan_file = dir.join("plan.yaml");
-    if !plan_file.is_file() {
-        return Err(Error::Usage(format!(
-            "{} is not a run dir (no plan.yaml)",
-            dir.display()
-        )));
-    }
-    let plan = Plan::load(&plan_file)?;
+    let plan = run_dir_plan(&dir)?;
     let (outcome, facts) = run::check_dir(&dir, &plan)?;
     let nodes: Vec<u32> = (1..=plan.cluster.nodes).collect();
     crate::report::html::write(&dir, &plan.name, facts.seed, &outcome, &facts, &nodes)

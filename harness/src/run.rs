@@ -81,19 +81,20 @@ fn run_dir(out: &Path, plan: &str) -> Result<PathBuf, Error> {
     Ok(dir)
 }
 
-/// The plan as run: its text with the seed (and duration) actually used.
+/// The plan as run: its text with the seed used. A `--duration` override
+/// is recorded as a comment (the plan's own duration stays, so the file
+/// stays valid: faults scheduled after a shortened end were simply not due).
 fn resolved_plan(plan: &Plan, seed: u64, duration: Duration) -> String {
     let text = std::fs::read_to_string(&plan.file).unwrap_or_default();
     let mut lines: Vec<String> = text
         .lines()
-        .filter(|l| {
-            !(l.starts_with("seed:") || (l.starts_with("duration:") && duration != plan.duration))
-        })
+        .filter(|l| !l.starts_with("seed:"))
         .map(str::to_string)
         .collect();
     lines.push(format!("seed: {seed}"));
     if duration != plan.duration {
-        lines.push(format!("duration: {}ms", duration.as_millis()));
+        let ms = duration.as_millis();
+        lines.push(format!("# this run lasted {ms}ms (--duration); `unlost run plan.yaml --duration {ms}ms` reproduces it"));
     }
     lines.join("\n") + "\n"
 }

@@ -96,6 +96,9 @@ fn quickstart_loses_nothing_under_kills_and_pauses() {
         "resolved plan records the seed:\n{plan}"
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("verdict valid; expectations met"));
+    // The stored plan stays valid though the run was shortened: re-check it.
+    let o = unlost(&["check", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
 }
 
 #[test]
