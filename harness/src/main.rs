@@ -8,7 +8,7 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("UNLOST_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,rdkafka=off,librdkafka=off")
+                tracing_subscriber::EnvFilter::new("warn,rdkafka=off,librdkafka=off,fuser=error")
             }),
         )
         .init();
