@@ -6,7 +6,7 @@
 //! live in `<data-dir>/<topic>-<index>/`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::partition::Partition;
-use crate::storage::log::sync_dir;
+use crate::storage::log::write_atomically;
 use crate::storage::StorageError;
 
 /// Per-topic settings.
@@ -280,18 +280,4 @@ impl Topics {
             &serde_json::to_vec_pretty(all).expect("topics serialize"),
         )
     }
-}
-
-/// Writes `name` in `dir` so that a crash leaves either the old or the new
-/// contents: write a temporary file, fsync it, rename, fsync the directory.
-pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
-    use std::io::Write;
-    let tmp = dir.join(format!("{name}.tmp"));
-    let path = dir.join(name);
-    let mut f = std::fs::File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(StorageError::io("write", &tmp))?;
-    std::fs::rename(&tmp, &path).map_err(StorageError::io("rename", &path))?;
-    sync_dir(dir)
 }

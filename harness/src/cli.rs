@@ -89,7 +89,6 @@ pub fn main(cli: Cli) -> i32 {
                 seed,
                 out,
                 duration,
-                quiet: false,
             },
         ),
         Command::Check { run_dir } => cmd_check(run_dir),

@@ -29,8 +29,6 @@ pub struct RunOptions {
     pub seed: Option<u64>,
     pub out: Option<PathBuf>,
     pub duration: Option<Duration>,
-    /// No status line (tests).
-    pub quiet: bool,
 }
 
 /// What a run produced.
@@ -146,13 +144,11 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
     let dir = run_dir(&out, &plan.name)?;
     std::fs::write(dir.join("plan.yaml"), resolved_plan(plan, seed, duration))
         .map_err(|e| Error::Harness(format!("write plan.yaml: {e}")))?;
-    if !opts.quiet {
-        eprintln!(
-            "unlost: plan {} seed {seed}, run dir {}",
-            plan.name,
-            dir.display()
-        );
-    }
+    eprintln!(
+        "unlost: plan {} seed {seed}, run dir {}",
+        plan.name,
+        dir.display()
+    );
     let history = History::create(&dir.join("history.jsonl"))?;
     history.record(
         "harness",
@@ -226,7 +222,7 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
         seed,
     );
     let shown = nemesis.shown.clone();
-    let ticker = (!opts.quiet).then(|| tokio::spawn(status_line(status.clone(), shown, duration)));
+    let ticker = tokio::spawn(status_line(status.clone(), shown, duration));
     let phase = tokio::time::Instant::now();
     let timeline = schedule::timeline(&plan.faults, duration, seed);
     let fault_result = nemesis.run(timeline, phase, phase + duration).await;
@@ -260,10 +256,8 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
     tokio::task::spawn_blocking(move || c2.stop(Duration::from_secs(30), &h2))
         .await
         .map_err(|e| Error::Harness(e.to_string()))?;
-    if let Some(t) = ticker {
-        t.abort();
-        eprintln!();
-    }
+    ticker.abort();
+    eprintln!();
     fault_result?;
     heal_result?;
     wait_for_leaders(

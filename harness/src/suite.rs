@@ -104,7 +104,6 @@ fn one(path: &Path, opts: &SuiteOptions, rt: &tokio::runtime::Runtime) -> PlanRe
         seed: opts.seed,
         out: opts.out.clone(),
         duration: opts.duration,
-        quiet: false,
     };
     let outcome = match rt.block_on(run::run(&plan, &ropts)) {
         Ok(r) => {

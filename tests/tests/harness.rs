@@ -34,6 +34,28 @@ fn run_dir(out: &Path) -> PathBuf {
     dirs[0].clone()
 }
 
+/// Writes `yaml` as a plan and runs it into a temporary out dir (kept
+/// alive by the returned guard).
+fn run_inline(yaml: &str) -> (Output, PathBuf, serde_json::Value, tempfile::TempDir) {
+    let out = tempfile::tempdir().unwrap();
+    let plan = out.path().join("plan.yaml");
+    std::fs::write(&plan, yaml).unwrap();
+    let runs = out.path().join("runs");
+    let o = unlost(&[
+        "run",
+        plan.to_str().unwrap(),
+        "--out",
+        runs.to_str().unwrap(),
+    ]);
+    let dir = run_dir(&runs);
+    let r = if dir.join("results.json").exists() {
+        results(&dir)
+    } else {
+        serde_json::Value::Null
+    };
+    (o, dir, r, out)
+}
+
 /// Runs a plan into a temporary out dir (kept alive by the returned guard).
 fn run_plan(plan: &str, duration: &str) -> (Output, PathBuf, serde_json::Value, tempfile::TempDir) {
     let out = tempfile::tempdir().unwrap();
@@ -137,18 +159,8 @@ fn commit_after_process_redelivers_and_never_skips() {
 
 #[test]
 fn check_rechecks_a_stored_history_and_finds_tampering() {
-    let out = tempfile::tempdir().unwrap();
-    let plan = out.path().join("small.yaml");
-    std::fs::write(&plan, "name: small\nduration: 3s\ncluster: { nodes: 1 }\ntopic: { partitions: 2, replication_factor: 1 }\nproducers: { count: 1, rate: 200/s }\n").unwrap();
-    let runs = out.path().join("runs");
-    let o = unlost(&[
-        "run",
-        plan.to_str().unwrap(),
-        "--out",
-        runs.to_str().unwrap(),
-    ]);
+    let (o, dir, _, _out) = run_inline("name: small\nduration: 3s\ncluster: { nodes: 1 }\ntopic: { partitions: 2, replication_factor: 1 }\nproducers: { count: 1, rate: 200/s }\n");
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    let dir = run_dir(&runs);
     let o = unlost(&["check", dir.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     // Remove one drained message: the acknowledged value is now lost.
@@ -193,26 +205,12 @@ fn validate_and_doctor() {
 
 #[test]
 fn a_custom_recipe_runs_a_users_broker_binary() {
-    let out = tempfile::tempdir().unwrap();
-    let plan = out.path().join("custom.yaml");
     let broker = binary("unlost-broker");
-    std::fs::write(
-        &plan,
-        format!(
+    let (o, _, r, _out) = run_inline(&format!(
             "name: custom\nduration: 3s\ncluster:\n  broker: custom\n  nodes: 1\n  recipe:\n    command: [{:?}, --id, \"{{id}}\", --listen, \"{{host}}:{{port}}\", --data-dir, \"{{data_dir}}\", --flush, \"ms:100\"]\n    ready: tcp\ntopic: {{ partitions: 1, replication_factor: 1 }}\nproducers: {{ count: 1, rate: 100/s }}\n",
             broker.display().to_string()
-        ),
-    )
-    .unwrap();
-    let runs = out.path().join("runs");
-    let o = unlost(&[
-        "run",
-        plan.to_str().unwrap(),
-        "--out",
-        runs.to_str().unwrap(),
-    ]);
+        ));
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    let r = results(&run_dir(&runs));
     assert!(count(&r, "acked") > 100, "{r}");
 }
 
@@ -331,23 +329,8 @@ fn flush_always_loses_nothing_on_power_loss() {
 
 #[test]
 fn disk_errors_cache_drops_and_corruption_run_and_are_recorded() {
-    let out = tempfile::tempdir().unwrap();
-    let plan = out.path().join("disk.yaml");
-    std::fs::write(
-        &plan,
-        "name: disk\nduration: 9s\ncluster: { nodes: 1, settings: { flush: always } }\ntopic: { partitions: 1, replication_factor: 1 }\nproducers: { count: 1, rate: 300/s }\nstorage: { lazyfs: true }\nfaults:\n  - { at: 2s, for: 1s, disk-error: all }\n  - { at: 4s, drop-kernel-caches: all }\n  - { at: 6s, corrupt: all, how: truncate }\nexpect: { lost: any, unexpected: any, inconsistent-offset: any }\n",
-    )
-    .unwrap();
-    let runs = out.path().join("runs");
-    let o = unlost(&[
-        "run",
-        plan.to_str().unwrap(),
-        "--out",
-        runs.to_str().unwrap(),
-    ]);
+    let (o, dir, r, _out) = run_inline("name: disk\nduration: 9s\ncluster: { nodes: 1, settings: { flush: always } }\ntopic: { partitions: 1, replication_factor: 1 }\nproducers: { count: 1, rate: 300/s }\nstorage: { lazyfs: true }\nfaults:\n  - { at: 2s, for: 1s, disk-error: all }\n  - { at: 4s, drop-kernel-caches: all }\n  - { at: 6s, corrupt: all, how: truncate }\nexpect: { lost: any, unexpected: any, inconsistent-offset: any }\n");
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    let dir = run_dir(&runs);
-    let r = results(&dir);
     let faults: Vec<(String, bool)> = r["faults"]
         .as_array()
         .unwrap()
@@ -378,22 +361,8 @@ fn disk_errors_cache_drops_and_corruption_run_and_are_recorded() {
 
 #[test]
 fn a_client_partition_is_applied_healed_and_loses_nothing() {
-    let out = tempfile::tempdir().unwrap();
-    let plan = out.path().join("net.yaml");
-    std::fs::write(
-        &plan,
-        "name: net\nduration: 8s\ncluster: { nodes: 1, settings: { flush: always } }\ntopic: { partitions: 2, replication_factor: 1 }\nproducers: { count: 2, rate: 400/s, timeout: 1s }\nfaults:\n  - { at: 2s, for: 2s, partition: \"isolate:1\", clients: true }\n  - { at: 5s, for: 1s, packet-loss: all, percent: 50, clients: true }\nexpect: { lost: 0, recovered: any, duplicated: any }\n",
-    )
-    .unwrap();
-    let runs = out.path().join("runs");
-    let o = unlost(&[
-        "run",
-        plan.to_str().unwrap(),
-        "--out",
-        runs.to_str().unwrap(),
-    ]);
+    let (o, _, r, _out) = run_inline("name: net\nduration: 8s\ncluster: { nodes: 1, settings: { flush: always } }\ntopic: { partitions: 2, replication_factor: 1 }\nproducers: { count: 2, rate: 400/s, timeout: 1s }\nfaults:\n  - { at: 2s, for: 2s, partition: \"isolate:1\", clients: true }\n  - { at: 5s, for: 1s, packet-loss: all, percent: 50, clients: true }\nexpect: { lost: 0, recovered: any, duplicated: any }\n");
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    let r = results(&run_dir(&runs));
     let faults: Vec<(String, String)> = r["faults"]
         .as_array()
         .unwrap()
@@ -588,27 +557,13 @@ fn idempotent_producers_do_not_duplicate_under_the_same_pauses() {
 fn a_kill_that_outlasts_the_run_is_healed_before_consumers_stop() {
     // Regression: consumers blocked committing to a killed node used to be
     // stopped before the heal that restarts it, and the run hung.
-    let out = tempfile::tempdir().unwrap();
-    let plan = out.path().join("late.yaml");
-    std::fs::write(
-        &plan,
-        "name: late\nduration: 5s\ncluster: { nodes: 1 }\ntopic: { partitions: 2, replication_factor: 1 }\nproducers: { count: 1, rate: 200/s }\nconsumers: { count: 2, commit: after-process }\nfaults:\n  - { at: 4s, for: 10s, kill: all }\nexpect: { lost: 0, redelivered: any }\n",
-    )
-    .unwrap();
-    let runs = out.path().join("runs");
     let started = Instant::now();
-    let o = unlost(&[
-        "run",
-        plan.to_str().unwrap(),
-        "--out",
-        runs.to_str().unwrap(),
-    ]);
+    let (o, _, r, _out) = run_inline("name: late\nduration: 5s\ncluster: { nodes: 1 }\ntopic: { partitions: 2, replication_factor: 1 }\nproducers: { count: 1, rate: 200/s }\nconsumers: { count: 2, commit: after-process }\nfaults:\n  - { at: 4s, for: 10s, kill: all }\nexpect: { lost: 0, redelivered: any }\n");
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert!(
         started.elapsed() < Duration::from_secs(120),
         "the run finished"
     );
-    let r = results(&run_dir(&runs));
     let kill = &r["faults"][0];
     assert!(
         kill["end_s"].as_f64().unwrap() >= 5.0,

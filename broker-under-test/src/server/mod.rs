@@ -139,7 +139,11 @@ impl ProducerIds {
     pub fn allocate(&mut self) -> Result<i64, StorageError> {
         if self.next >= self.limit {
             let limit = self.next + ID_BLOCK;
-            crate::topics::write_atomically(&self.dir, ID_FILE, limit.to_string().as_bytes())?;
+            crate::storage::log::write_atomically(
+                &self.dir,
+                ID_FILE,
+                limit.to_string().as_bytes(),
+            )?;
             self.limit = limit;
         }
         self.next += 1;

@@ -427,3 +427,17 @@ pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         .and_then(|d| d.sync_all())
         .map_err(StorageError::io("fsync directory", dir))
 }
+
+/// Writes `name` in `dir` so that a crash leaves either the old or the new
+/// contents: write a temporary file, fsync it, rename, fsync the directory.
+pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    let mut f = std::fs::File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(StorageError::io("write", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(StorageError::io("rename", &path))?;
+    sync_dir(dir)
+}

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::StorageError;
-use super::log::sync_dir;
+use super::log::write_atomically;
 
 const FILE: &str = "committed-offsets.log";
 
@@ -104,7 +104,6 @@ impl OffsetStore {
 
     /// Rewrites the file with one record per key (write, fsync, rename).
     fn rewrite(&mut self, dir: &Path) -> Result<(), StorageError> {
-        let tmp = dir.join(format!("{FILE}.tmp"));
         let mut out = Vec::new();
         for (key, value) in &self.map {
             encode(
@@ -115,13 +114,7 @@ impl OffsetStore {
                 &mut out,
             );
         }
-        let mut f = File::create(&tmp).map_err(StorageError::io("create offsets", &tmp))?;
-        f.write_all(&out)
-            .and_then(|_| f.sync_all())
-            .map_err(StorageError::io("write offsets", &tmp))?;
-        std::fs::rename(&tmp, &self.path)
-            .map_err(StorageError::io("rename offsets", &self.path))?;
-        sync_dir(dir)?;
+        write_atomically(dir, FILE, &out)?;
         self.file = OpenOptions::new()
             .append(true)
             .open(&self.path)

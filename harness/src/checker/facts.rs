@@ -117,7 +117,6 @@ pub struct Facts {
     foreign: Vec<String>,
     foreign_index: HashMap<String, u32>,
     pub events: u64,
-    pub end_time: u64,
 }
 
 /// One history line as it is parsed: borrowed text, plain optional fields
@@ -177,23 +176,20 @@ impl Facts {
             ("ok", Some(v), Some(p), Some(o)) => self.on_send(v, line.t, Outcome::Ok(p, o)),
             ("fail", Some(v), _, _) => self.on_send(v, line.t, Outcome::Fail),
             ("info", Some(v), _, _) => self.on_send(v, line.t, Outcome::Info),
-            ("deliver", Some(v), Some(p), Some(o)) => {
-                self.on_deliver(&line.process, v, p, o, line.t)
-            }
-            ("drain", Some(v), Some(p), Some(o)) => self.on_drain(v, p, o, line.t),
-            ("commit", _, Some(p), Some(o)) => self.on_commit(p, o, line.t),
+            ("deliver", Some(v), Some(p), Some(o)) => self.on_deliver(&line.process, v, p, o),
+            ("drain", Some(v), Some(p), Some(o)) => self.on_drain(v, p, o),
+            ("commit", _, Some(p), Some(o)) => self.on_commit(p, o),
             _ => self.add(serde_json::from_slice::<Event>(raw)?),
         }
         Ok(())
     }
 
-    fn tick(&mut self, t: u64) {
+    fn tick(&mut self) {
         self.events += 1;
-        self.end_time = self.end_time.max(t);
     }
 
     fn on_send(&mut self, value: &str, t: u64, outcome: Outcome) {
-        self.tick(t);
+        self.tick();
         let Some(v) = ValueId::parse(value) else {
             return;
         };
@@ -219,8 +215,8 @@ impl Facts {
         }
     }
 
-    fn on_deliver(&mut self, process: &str, value: &str, p: i32, o: i64, t: u64) {
-        self.tick(t);
+    fn on_deliver(&mut self, process: &str, value: &str, p: i32, o: i64) {
+        self.tick();
         let v = self.value(value);
         match v {
             Value::Id(id) => {
@@ -247,8 +243,8 @@ impl Facts {
         self.offsets.entry(p as u64, o as u64).processed = true;
     }
 
-    fn on_drain(&mut self, value: &str, p: i32, o: i64, t: u64) {
-        self.tick(t);
+    fn on_drain(&mut self, value: &str, p: i32, o: i64) {
+        self.tick();
         let v = self.value(value);
         self.drained_total += 1;
         let first = match v {
@@ -277,8 +273,8 @@ impl Facts {
         self.offsets.entry(p as u64, o as u64).drained = true;
     }
 
-    fn on_commit(&mut self, p: i32, o: i64, t: u64) {
-        self.tick(t);
+    fn on_commit(&mut self, p: i32, o: i64) {
+        self.tick();
         let c = self.committed.entry(p).or_insert(o);
         *c = (*c).max(o);
     }
@@ -299,15 +295,15 @@ impl Facts {
                 partition,
                 offset,
                 value,
-            } => self.on_deliver(&e.process, &value, partition, offset, e.t),
+            } => self.on_deliver(&e.process, &value, partition, offset),
             EventKind::Drain {
                 partition,
                 offset,
                 value,
-            } => self.on_drain(&value, partition, offset, e.t),
-            EventKind::Commit { partition, offset } => self.on_commit(partition, offset, e.t),
+            } => self.on_drain(&value, partition, offset),
+            EventKind::Commit { partition, offset } => self.on_commit(partition, offset),
             other => {
-                self.tick(e.t);
+                self.tick();
                 match other {
                     EventKind::Run {
                         plan,

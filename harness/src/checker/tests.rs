@@ -114,19 +114,7 @@ impl H {
 }
 
 fn defaults() -> BTreeMap<Anomaly, Expect> {
-    Anomaly::ALL
-        .into_iter()
-        .map(|a| {
-            (
-                a,
-                if a.fails_by_default() {
-                    Expect::AtMost(0)
-                } else {
-                    Expect::Any
-                },
-            )
-        })
-        .collect()
+    Expect::defaults()
 }
 
 fn only(o: &Outcome, a: Anomaly, n: u64) {

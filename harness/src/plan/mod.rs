@@ -246,6 +246,24 @@ pub enum Expect {
 }
 
 impl Expect {
+    /// What a plan expects unless it says otherwise: none of the anomalies
+    /// that fail by default, any number of the others.
+    pub fn defaults() -> BTreeMap<Anomaly, Expect> {
+        Anomaly::ALL
+            .into_iter()
+            .map(|a| {
+                (
+                    a,
+                    if a.fails_by_default() {
+                        Expect::AtMost(0)
+                    } else {
+                        Expect::Any
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// Whether `count` meets the expectation.
     pub fn met_by(self, count: u64) -> bool {
         match self {
@@ -941,19 +959,7 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
     }
 
     // expectations
-    let mut expect: BTreeMap<Anomaly, Expect> = Anomaly::ALL
-        .into_iter()
-        .map(|a| {
-            (
-                a,
-                if a.fails_by_default() {
-                    Expect::AtMost(0)
-                } else {
-                    Expect::Any
-                },
-            )
-        })
-        .collect();
+    let mut expect = Expect::defaults();
     for (k, v) in &raw.expect {
         let path = format!("expect.{k}");
         let a = Anomaly::from_name(k).ok_or_else(|| {
