@@ -90,6 +90,29 @@ pub struct Args {
     /// Partitions of auto-created topics and CreateTopics with -1 (default 1).
     #[arg(long)]
     pub default_partitions: Option<i32>,
+    /// Address the controller (Raft) listens on; needed with --voters.
+    #[arg(long)]
+    pub controller_listen: Option<SocketAddr>,
+    /// The controller voters: ID@HOST:PORT,... (this broker among them).
+    /// Without it the broker is a cluster of one.
+    #[arg(long)]
+    pub voters: Option<String>,
+    /// Replication factor of auto-created topics and CreateTopics with -1
+    /// (default: 3 if the cluster has 3 voters or more, else 1).
+    #[arg(long)]
+    pub default_replication_factor: Option<i16>,
+    /// A follower not caught up for this long leaves the ISR (default 2000).
+    #[arg(long)]
+    pub replica_lag_ms: Option<u64>,
+    /// A broker that has not heartbeated the controller for this long is
+    /// fenced and loses its leaderships (default 1500).
+    #[arg(long)]
+    pub broker_lease_ms: Option<u64>,
+    /// Allow electing a replica outside the ISR when no ISR member is alive
+    /// (default false; data loss when used). Applies to topics created
+    /// through this broker.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub unclean_leader_election: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +127,12 @@ struct FileConfig {
     max_request_bytes: Option<usize>,
     auto_create_topics: Option<bool>,
     default_partitions: Option<i32>,
+    controller_listen: Option<SocketAddr>,
+    voters: Option<String>,
+    default_replication_factor: Option<i16>,
+    replica_lag_ms: Option<u64>,
+    broker_lease_ms: Option<u64>,
+    unclean_leader_election: Option<bool>,
 }
 
 /// A configuration problem, naming the key or file at fault.
@@ -138,6 +167,38 @@ pub struct Config {
     pub max_request_bytes: usize,
     pub auto_create_topics: bool,
     pub default_partitions: i32,
+    pub controller_listen: Option<SocketAddr>,
+    /// Voter id -> controller address (just this broker when alone).
+    pub voters: std::collections::BTreeMap<u64, String>,
+    pub default_replication_factor: i16,
+    pub replica_lag: Duration,
+    pub broker_lease: Duration,
+    pub unclean_leader_election: bool,
+}
+
+/// Parses `ID@HOST:PORT,...`.
+pub fn parse_voters(s: &str) -> Result<std::collections::BTreeMap<u64, String>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('@')
+            .ok_or_else(|| format!("{part:?} is not ID@HOST:PORT"))?;
+        let id: u64 = id
+            .parse()
+            .map_err(|_| format!("{part:?}: {id:?} is not a broker id"))?;
+        let (_, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{part:?}: {addr:?} is not HOST:PORT"))?;
+        port.parse::<u16>()
+            .map_err(|_| format!("{part:?}: {port:?} is not a port"))?;
+        if out.insert(id, addr.to_string()).is_some() {
+            return Err(format!("voter {id} is listed twice"));
+        }
+    }
+    if out.is_empty() {
+        return Err("no voters given".into());
+    }
+    Ok(out)
 }
 
 impl Config {
@@ -217,6 +278,62 @@ impl Config {
                 message: format!("{default_partitions} is outside 1..=10000"),
             });
         }
+        let controller_listen = args.controller_listen.or(file.controller_listen);
+        let voters = match args.voters.or(file.voters) {
+            None => {
+                let mut one = std::collections::BTreeMap::new();
+                one.insert(id as u64, format!("{listen}"));
+                one
+            }
+            Some(v) => {
+                let voters = parse_voters(&v).map_err(|message| ConfigError::Invalid {
+                    key: "voters",
+                    message,
+                })?;
+                if !voters.contains_key(&(id as u64)) {
+                    return Err(ConfigError::Invalid {
+                        key: "voters",
+                        message: format!("this broker (id {id}) is not among the voters {v:?}"),
+                    });
+                }
+                if voters.len() > 1 && controller_listen.is_none() {
+                    return Err(ConfigError::Missing("controller-listen"));
+                }
+                voters
+            }
+        };
+        if id < 0 {
+            return Err(ConfigError::Invalid {
+                key: "id",
+                message: format!("{id} is negative"),
+            });
+        }
+        let default_replication_factor = args
+            .default_replication_factor
+            .or(file.default_replication_factor)
+            .unwrap_or(if voters.len() >= 3 { 3 } else { 1 });
+        if default_replication_factor < 1 {
+            return Err(ConfigError::Invalid {
+                key: "default-replication-factor",
+                message: format!("{default_replication_factor} is below 1"),
+            });
+        }
+        let replica_lag_ms = args.replica_lag_ms.or(file.replica_lag_ms).unwrap_or(2000);
+        let broker_lease_ms = args
+            .broker_lease_ms
+            .or(file.broker_lease_ms)
+            .unwrap_or(1500);
+        for (key, v) in [
+            ("replica-lag-ms", replica_lag_ms),
+            ("broker-lease-ms", broker_lease_ms),
+        ] {
+            if v < 100 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{v} is below the minimum of 100"),
+                });
+            }
+        }
         Ok(Config {
             id,
             listen,
@@ -234,6 +351,15 @@ impl Config {
                 .or(file.auto_create_topics)
                 .unwrap_or(true),
             default_partitions,
+            controller_listen,
+            voters,
+            default_replication_factor,
+            replica_lag: Duration::from_millis(replica_lag_ms),
+            broker_lease: Duration::from_millis(broker_lease_ms),
+            unclean_leader_election: args
+                .unclean_leader_election
+                .or(file.unclean_leader_election)
+                .unwrap_or(false),
         })
     }
 }

@@ -2,14 +2,18 @@
 //! (acks, flush policy) behave as Kafka's do, so that unlost can show when
 //! acknowledged messages are lost and when they are not.
 //!
-//! Layers: `storage` (segments, recovery, committed offsets) below
-//! `partition` (log + group-commit flusher + progress watch) below `topics`
-//! (registry) below `server` (connections and API handlers).
+//! Layers: `storage` (segments, recovery, epoch cache) below `partition`
+//! (log + group-commit flusher + role + progress watch) below `topics`
+//! (local replicas) below `server` (connections and API handlers);
+//! `controller` (Raft group: cluster state) and `replica` (roles, follower
+//! fetching, ISR changes) beside them.
 
 pub mod alloc;
 pub mod config;
+pub mod controller;
 pub mod coordinator;
 pub mod partition;
+pub mod replica;
 pub mod server;
 pub mod storage;
 pub mod topics;

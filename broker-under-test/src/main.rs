@@ -14,7 +14,7 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("UNLOST_BROKER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .init();
     let config = match Config::from_args(Args::parse()) {
@@ -32,10 +32,10 @@ fn main() {
 async fn run(config: Config) -> i32 {
     let listen = config.listen;
     let (id, flush, dir) = (config.id, config.flush, config.data_dir.clone());
-    let broker = match Broker::open(config) {
+    let broker = match Broker::open(config).await {
         Ok(b) => b,
         Err(e) => {
-            tracing::error!("cannot open data dir {}: {e}", dir.display());
+            tracing::error!("cannot start with data dir {}: {e}", dir.display());
             return 1;
         }
     };

@@ -10,17 +10,20 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::storage::offsets::OffsetStore;
+use crate::controller::state::{Command, CommandError, Reply};
+use crate::controller::{Controller, ControllerConfig};
 use crate::storage::StorageError;
-use crate::topics::Topics;
+use crate::topics::{CreateError, TopicConfig, Topics};
 
 /// Everything a request handler can reach.
 #[derive(Debug)]
 pub struct Broker {
     pub config: Config,
+    /// The local partition replicas.
     pub topics: Topics,
-    pub offsets: Arc<Mutex<OffsetStore>>,
-    /// Consumer-group membership.
+    /// Cluster state: brokers, topics, leaders, ISRs, committed offsets.
+    pub controller: Arc<Controller>,
+    /// Consumer-group membership (on the coordinator, the Raft leader).
     pub coordinator: Arc<crate::coordinator::Coordinator>,
     /// Producer ids for idempotent producers.
     pub producer_ids: Mutex<ProducerIds>,
@@ -28,27 +31,42 @@ pub struct Broker {
     pub appended: Arc<watch::Sender<u64>>,
 }
 
+/// Why the broker cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Controller(String),
+}
+
 impl Broker {
-    /// Opens the data dir: recovers every partition and the offsets store.
-    pub fn open(config: Config) -> Result<Arc<Broker>, StorageError> {
+    /// Opens the data dir and starts the controller; the replica manager
+    /// opens (recovering) each partition this broker hosts.
+    pub async fn open(config: Config) -> Result<Arc<Broker>, OpenError> {
         let appended = Arc::new(watch::channel(0u64).0);
-        let topics = Topics::open(&config, appended.clone())?;
-        let (offsets, dropped) = OffsetStore::open(&config.data_dir)?;
-        if dropped > 0 {
-            tracing::warn!(bytes = dropped, "committed offsets: truncated a torn tail");
-        }
-        let producer_ids = ProducerIds::open(&config.data_dir)?;
+        let topics = Topics::new(&config, appended.clone())?;
+        let controller = Controller::start(ControllerConfig {
+            id: config.id,
+            voters: config.voters.clone(),
+            listen: config.controller_listen,
+            dir: config.data_dir.join("controller"),
+            lease: config.broker_lease,
+        })
+        .await
+        .map_err(OpenError::Controller)?;
         Ok(Arc::new(Broker {
             config,
             topics,
-            offsets: Arc::new(Mutex::new(offsets)),
-            producer_ids: Mutex::new(producer_ids),
+            controller,
+            producer_ids: Mutex::new(ProducerIds::default()),
             coordinator: Arc::new(crate::coordinator::Coordinator::default()),
             appended,
         }))
     }
 
-    /// Accepts connections until the listener fails; one task per connection.
+    /// Starts the replica manager and registration, then accepts
+    /// connections until the listener fails; one task per connection.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         let coordinator = self.coordinator.clone();
         tokio::spawn(async move {
@@ -57,6 +75,11 @@ impl Broker {
                 coordinator.tick();
             }
         });
+        tokio::spawn(crate::replica::run(self.clone()));
+        tokio::spawn(self.controller.clone().keep_registered(
+            self.config.advertise_host.clone(),
+            self.config.advertise_port,
+        ));
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(conn) => conn,
@@ -79,12 +102,111 @@ impl Broker {
 
     /// fsyncs every partition (graceful shutdown).
     pub async fn flush_all(&self) {
-        for topic in self.topics.all() {
-            for p in &topic.partitions {
-                if let Err(e) = p.flush().await {
-                    tracing::error!(topic = %topic.name, partition = p.index, "final flush failed: {e}");
-                }
+        for p in self.topics.all() {
+            if let Err(e) = p.flush().await {
+                tracing::error!(topic = %p.topic, partition = p.index, "final flush failed: {e}");
             }
+        }
+    }
+
+    /// Creates a topic through the controller (-1: the broker defaults) and
+    /// waits until this broker's copy of the cluster state holds it.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        min_insync_replicas: Option<i32>,
+        validate_only: bool,
+    ) -> Result<TopicConfig, CreateError> {
+        let config = TopicConfig {
+            partitions: if partitions == -1 {
+                self.config.default_partitions
+            } else {
+                partitions
+            },
+            replication_factor: if replication_factor == -1 {
+                self.config.default_replication_factor
+            } else {
+                replication_factor
+            },
+            min_insync_replicas: min_insync_replicas.unwrap_or(1),
+            unclean_leader_election: self.config.unclean_leader_election,
+        };
+        let (exists, live) = self.controller.applied.read(|s| {
+            (
+                s.topics.contains_key(name),
+                s.brokers.values().filter(|b| !b.fenced).count(),
+            )
+        });
+        crate::topics::check(name, &config, live)?;
+        if exists {
+            return Err(CreateError::Exists(name.to_string()));
+        }
+        if validate_only {
+            return Ok(config);
+        }
+        let cmd = Command::CreateTopic {
+            name: name.to_string(),
+            config: config.clone(),
+        };
+        match self.controller.propose(cmd).await {
+            Ok(Reply::Ok) => {}
+            Ok(Reply::Error(CommandError::TopicExists(_))) => {
+                return Err(CreateError::Exists(name.to_string()))
+            }
+            Ok(Reply::Error(CommandError::NotEnoughBrokers { factor, live })) => {
+                return Err(CreateError::InvalidReplicationFactor { factor, live })
+            }
+            Ok(other) => return Err(CreateError::Controller(format!("{other:?}"))),
+            Err(e) => return Err(CreateError::Controller(e)),
+        }
+        let mut version = self.controller.applied.version.subscribe();
+        let deadline = tokio::time::Instant::now() + crate::controller::PROPOSE_TIMEOUT;
+        while !self
+            .controller
+            .applied
+            .read(|s| s.topics.contains_key(name))
+        {
+            if tokio::time::timeout_at(deadline, version.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        tracing::info!(
+            topic = name,
+            partitions = config.partitions,
+            replication_factor = config.replication_factor,
+            "created topic"
+        );
+        Ok(config)
+    }
+
+    /// A new producer id, unique in the cluster: ids come in blocks
+    /// reserved through the controller.
+    pub async fn allocate_producer_id(&self) -> Result<i64, String> {
+        if let Some(id) = self
+            .producer_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            return Ok(id);
+        }
+        match self
+            .controller
+            .propose(Command::AllocateProducerIds { count: ID_BLOCK })
+            .await?
+        {
+            Reply::ProducerIds { first } => {
+                let mut ids = self.producer_ids.lock().unwrap_or_else(|e| e.into_inner());
+                ids.next = first + 1;
+                ids.limit = first + ID_BLOCK;
+                Ok(first)
+            }
+            other => Err(format!("unexpected controller reply {other:?}")),
         }
     }
 }
@@ -96,57 +218,22 @@ fn is_transient(e: &std::io::Error) -> bool {
         || e.raw_os_error() == Some(23)
 }
 
-/// Hands out producer ids that are never reused, even across restarts: ids
-/// are reserved in blocks, and the end of the reserved block is stored
-/// durably (write, fsync, rename) before any id of it is given out.
-#[derive(Debug)]
+/// The block of producer ids this broker hands out; the controller
+/// reserves blocks, so ids are never reused in the cluster, even across
+/// restarts.
+#[derive(Debug, Default)]
 pub struct ProducerIds {
-    dir: std::path::PathBuf,
     next: i64,
     limit: i64,
 }
 
 const ID_BLOCK: i64 = 1000;
-const ID_FILE: &str = "producer-ids";
 
 impl ProducerIds {
-    /// Reads the reserved block end; the next id starts there.
-    pub fn open(dir: &std::path::Path) -> Result<ProducerIds, StorageError> {
-        let path = dir.join(ID_FILE);
-        let next = match std::fs::read_to_string(&path) {
-            Ok(s) => s.trim().parse().map_err(|_| StorageError::Corrupt {
-                path: path.clone(),
-                position: 0,
-                reason: format!("not a number: {s:?}"),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => {
-                return Err(StorageError::Io {
-                    verb: "read",
-                    path,
-                    source: e,
-                })
-            }
-        };
-        Ok(ProducerIds {
-            dir: dir.to_path_buf(),
-            next,
-            limit: next,
+    fn take(&mut self) -> Option<i64> {
+        (self.next < self.limit).then(|| {
+            self.next += 1;
+            self.next - 1
         })
-    }
-
-    /// A new producer id.
-    pub fn allocate(&mut self) -> Result<i64, StorageError> {
-        if self.next >= self.limit {
-            let limit = self.next + ID_BLOCK;
-            crate::storage::log::write_atomically(
-                &self.dir,
-                ID_FILE,
-                limit.to_string().as_bytes(),
-            )?;
-            self.limit = limit;
-        }
-        self.next += 1;
-        Ok(self.next - 1)
     }
 }

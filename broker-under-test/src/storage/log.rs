@@ -242,9 +242,6 @@ impl PartitionLog {
             pos += h.total_len();
         }
         self.append_assigned(buf, headers)?;
-        for h in headers.iter() {
-            self.producers.record(h);
-        }
         Ok(Appended {
             base_offset: base,
             last_offset: next - 1,
@@ -282,6 +279,11 @@ impl PartitionLog {
         let dir = self.dir.clone();
         let active = self.segments.values_mut().next_back().expect("a segment");
         let result = active.append(buf, headers);
+        if result.is_ok() {
+            for h in headers {
+                self.producers.record(h);
+            }
+        }
         if let Err(e) = &result {
             // A failed write may have left part of the bytes: cut back to the
             // last known batch boundary so the next append starts clean.
@@ -350,9 +352,8 @@ impl PartitionLog {
         if offset >= self.log_end() {
             return Ok(self.log_end());
         }
-        // Producer state may describe removed batches; it is rebuilt from
-        // the log on the next open. (Followers truncating while serving
-        // idempotent producers come with replication.)
+        // Producer state may describe removed batches: callers reopen the
+        // log (which rebuilds it) before serving idempotent producers.
         self.producers = ProducerStates::default();
         let mut removed_any = false;
         while self.segments.len() > 1 && self.active().base_offset >= offset {

@@ -2,6 +2,7 @@
 //! RecordBatches, and the committed-offsets store.
 
 pub mod batch;
+pub mod epochs;
 pub mod error;
 pub mod log;
 pub mod offsets;

@@ -46,19 +46,20 @@ fn create_error_code(e: &CreateError) -> i16 {
         CreateError::Exists(_) => ResponseError::TopicAlreadyExists,
         CreateError::InvalidName(_) => ResponseError::InvalidTopicException,
         CreateError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
-        CreateError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+        CreateError::InvalidReplicationFactor { .. } => ResponseError::InvalidReplicationFactor,
         CreateError::InvalidConfig(_) => ResponseError::InvalidConfig,
-        CreateError::Storage(_) => ResponseError::KafkaStorageError,
+        CreateError::Controller(_) => ResponseError::RequestTimedOut,
     })
 }
 
-/// Creates topics (replication factor 1; `min.insync.replicas` accepted).
+/// Creates topics through the controller (`min.insync.replicas` is the
+/// one topic config honoured).
 pub async fn create_topics(broker: &Arc<Broker>, req: CreateTopicsRequest, version: i16) -> Body {
     let mut results = Vec::new();
     for t in req.topics {
         let name = t.name.0.to_string();
         let mut result = CreatableTopicResult::default().with_name(t.name.clone());
-        let mut min_isr = 1;
+        let mut min_isr = None;
         let mut error = None;
         for c in &t.configs {
             // Other topic configs are accepted and ignored.
@@ -66,7 +67,7 @@ pub async fn create_topics(broker: &Arc<Broker>, req: CreateTopicsRequest, versi
                 (c.name.as_str(), c.value.as_ref().map(|v| v.as_str()))
             {
                 match v.parse::<i32>() {
-                    Ok(n) => min_isr = n,
+                    Ok(n) => min_isr = Some(n),
                     Err(_) => {
                         error = Some(CreateError::InvalidConfig(format!(
                             "min.insync.replicas={v}"
@@ -75,55 +76,36 @@ pub async fn create_topics(broker: &Arc<Broker>, req: CreateTopicsRequest, versi
                 }
             }
         }
-        if !t.assignments.is_empty() {
-            let only_self = t
-                .assignments
-                .iter()
-                .all(|a| a.broker_ids.len() == 1 && a.broker_ids[0].0 == broker.config.id);
-            if !only_self {
-                error = Some(CreateError::InvalidReplicationFactor(
-                    t.assignments[0].broker_ids.len() as i16,
-                ));
-            }
+        if !t.assignments.is_empty() && error.is_none() {
+            error = Some(CreateError::InvalidConfig(
+                "manual replica assignments are not supported; give a replication factor".into(),
+            ));
         }
-        let (partitions, rf) = if t.assignments.is_empty() {
-            (t.num_partitions, t.replication_factor)
-        } else {
-            (t.assignments.len() as i32, 1)
-        };
         let outcome = match error {
             Some(e) => Err(e),
-            None if req.validate_only => broker.topics.check(
-                &name,
-                if partitions == -1 {
-                    broker.config.default_partitions
-                } else {
-                    partitions
-                },
-                if rf == -1 { 1 } else { rf },
-            ),
-            None => {
-                let b = broker.clone();
-                let n = name.clone();
-                tokio::task::spawn_blocking(move || {
-                    b.topics.create(&n, partitions, rf, min_isr).map(|_| ())
-                })
+            None => broker
+                .create_topic(
+                    &name,
+                    t.num_partitions,
+                    t.replication_factor,
+                    min_isr,
+                    req.validate_only,
+                )
                 .await
-                .unwrap_or_else(|e| {
-                    Err(CreateError::InvalidConfig(format!(
-                        "create task failed: {e}"
-                    )))
-                })
-            }
+                .map(|_| ()),
         };
         match outcome {
             Ok(()) => {
-                if let Some(topic) = broker.topics.get(&name) {
-                    result.num_partitions = topic.config.partitions;
-                    result.replication_factor = topic.config.replication_factor;
+                let config = broker
+                    .controller
+                    .applied
+                    .read(|s| s.topics.get(&name).map(|t| t.config.clone()));
+                if let Some(c) = config {
+                    result.num_partitions = c.partitions;
+                    result.replication_factor = c.replication_factor;
                 } else {
-                    result.num_partitions = partitions;
-                    result.replication_factor = rf;
+                    result.num_partitions = t.num_partitions;
+                    result.replication_factor = t.replication_factor;
                 }
             }
             Err(e) => {
@@ -144,7 +126,11 @@ pub async fn create_topics(broker: &Arc<Broker>, req: CreateTopicsRequest, versi
 
 /// Gives an idempotent producer its id (epoch 0), or bumps the epoch of the
 /// id it already has (KIP-360). Transactions are not supported.
-pub fn init_producer_id(broker: &Arc<Broker>, req: InitProducerIdRequest, version: i16) -> Body {
+pub async fn init_producer_id(
+    broker: &Arc<Broker>,
+    req: InitProducerIdRequest,
+    version: i16,
+) -> Body {
     let mut resp = InitProducerIdResponse::default()
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
@@ -164,19 +150,14 @@ pub fn init_producer_id(broker: &Arc<Broker>, req: InitProducerIdRequest, versio
         resp.producer_epoch = req.producer_epoch.saturating_add(1);
         return encode(&resp, version);
     }
-    match broker
-        .producer_ids
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .allocate()
-    {
+    match broker.allocate_producer_id().await {
         Ok(id) => {
             resp.producer_id = ProducerId(id);
             resp.producer_epoch = 0;
         }
         Err(e) => {
             tracing::error!("allocate a producer id: {e}");
-            resp.error_code = code(ResponseError::KafkaStorageError);
+            resp.error_code = code(ResponseError::CoordinatorNotAvailable);
         }
     }
     encode(&resp, version)

@@ -1,4 +1,6 @@
-//! Fetch: reads batches below the high watermark, long-polling up to
+//! Fetch: consumers read the leader below the high watermark; followers
+//! (replica id >= 0) read it up to the log end and, by the offset they ask
+//! for, tell the leader how far they have copied. Long-polls up to
 //! `max_wait_ms` until `min_bytes` are available.
 
 use std::sync::Arc;
@@ -10,7 +12,8 @@ use kafka_protocol::messages::*;
 use kafka_protocol::ResponseError;
 use tokio::time::Instant;
 
-use super::{code, encode, Reply};
+use super::{code, encode, leader_replica, Reply};
+use crate::partition::Partition;
 use crate::server::Broker;
 use crate::storage::StorageError;
 
@@ -26,6 +29,58 @@ pub fn epoch_error(client: i32, ours: i32) -> Option<ResponseError> {
     }
 }
 
+/// The replica a fetch reads: the leader for consumers and followers;
+/// any replica for the debugging consumer id -2 (a harness comparing
+/// replicas).
+fn replica_for(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+    replica_id: i32,
+) -> Result<Arc<Partition>, ResponseError> {
+    if replica_id == DEBUG_REPLICA {
+        let known = broker
+            .controller
+            .applied
+            .read(|s| s.partition(topic, partition).is_some());
+        return match broker.topics.get(topic, partition) {
+            Some(p) => Ok(p),
+            None if known => Err(ResponseError::NotLeaderOrFollower),
+            None => Err(ResponseError::UnknownTopicOrPartition),
+        };
+    }
+    leader_replica(broker, topic, partition)
+}
+
+/// Kafka's debugging consumer id: reads any replica up to its log end.
+pub const DEBUG_REPLICA: i32 = -2;
+
+/// Records each follower's position (before any long-poll) and proposes
+/// ISR expansions; errors are answered by `read_all`.
+fn note_followers(broker: &Arc<Broker>, req: &FetchRequest) {
+    let follower = req.replica_id.0;
+    if follower < 0 {
+        return;
+    }
+    for ft in &req.topics {
+        for fp in &ft.partitions {
+            let Ok(p) = leader_replica(broker, ft.topic.0.as_str(), fp.partition) else {
+                continue;
+            };
+            if fp.current_leader_epoch >= 0 && fp.current_leader_epoch != p.leader_epoch() {
+                continue;
+            }
+            if fp.fetch_offset > p.progress().log_end {
+                continue;
+            }
+            if let Some(change) = p.follower_fetched(follower, fp.fetch_offset) {
+                tracing::info!(topic = %p.topic, partition = p.index, follower, isr = ?change.isr, "follower caught up; expanding ISR");
+                crate::replica::propose_isr(broker.clone(), p, change);
+            }
+        }
+    }
+}
+
 /// Builds a response from the current logs; returns it with its record bytes
 /// and whether any partition had an error.
 fn read_all(broker: &Broker, req: &FetchRequest) -> (FetchResponse, usize, bool) {
@@ -37,8 +92,8 @@ fn read_all(broker: &Broker, req: &FetchRequest) -> (FetchResponse, usize, bool)
     let mut total = 0;
     let mut errors = false;
     let mut topics = Vec::new();
+    let replica_id = req.replica_id.0;
     for ft in &req.topics {
-        let topic = broker.topics.get(ft.topic.0.as_str());
         let mut parts = Vec::new();
         for fp in &ft.partitions {
             let mut r = PartitionData::default()
@@ -47,34 +102,37 @@ fn read_all(broker: &Broker, req: &FetchRequest) -> (FetchResponse, usize, bool)
                 .with_last_stable_offset(-1)
                 .with_log_start_offset(-1)
                 .with_preferred_read_replica(BrokerId(-1));
-            let p = topic.as_ref().and_then(|t| {
-                usize::try_from(fp.partition)
-                    .ok()
-                    .and_then(|i| t.partitions.get(i))
-            });
-            let outcome = match p {
-                None => Err(ResponseError::UnknownTopicOrPartition),
-                Some(p) => match epoch_error(fp.current_leader_epoch, p.leader_epoch) {
-                    Some(e) => Err(e),
-                    None => {
-                        let progress = p.progress();
-                        r.high_watermark = progress.high_watermark;
-                        r.last_stable_offset = progress.high_watermark;
-                        r.log_start_offset = p.bounds().0;
-                        let max = (fp.partition_max_bytes.max(0) as usize).min(budget);
-                        // The first partition may exceed the budget by one batch (KIP-74).
-                        let max = if total == 0 { max.max(1) } else { max };
-                        if max == 0 {
-                            Ok(Vec::new())
-                        } else {
-                            p.read(fp.fetch_offset, max).map_err(|e| match e {
+            let outcome = replica_for(broker, ft.topic.0.as_str(), fp.partition, replica_id)
+                .and_then(
+                    |p| match epoch_error(fp.current_leader_epoch, p.leader_epoch()) {
+                        Some(e) => Err(e),
+                        None => Ok(p),
+                    },
+                )
+                .and_then(|p| {
+                    let progress = p.progress();
+                    r.high_watermark = progress.high_watermark;
+                    r.last_stable_offset = progress.high_watermark;
+                    r.log_start_offset = p.bounds().0;
+                    let max = (fp.partition_max_bytes.max(0) as usize).min(budget);
+                    // The first partition may exceed the budget by one batch (KIP-74).
+                    let max = if total == 0 { max.max(1) } else { max };
+                    // Replicas read up to the log end; consumers below the high watermark.
+                    let below = if replica_id == -1 {
+                        progress.high_watermark
+                    } else {
+                        progress.log_end
+                    };
+                    if max == 0 {
+                        Ok(Vec::new())
+                    } else {
+                        p.read_below(fp.fetch_offset, max, below)
+                            .map_err(|e| match e {
                                 StorageError::OutOfRange { .. } => ResponseError::OffsetOutOfRange,
                                 _ => ResponseError::KafkaStorageError,
                             })
-                        }
                     }
-                },
-            };
+                });
             match outcome {
                 Ok(bytes) => {
                     total += bytes.len();
@@ -108,6 +166,7 @@ pub fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> Reply {
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
     let min_bytes = req.min_bytes.max(0) as usize;
+    note_followers(&broker, &req);
     Box::pin(async move {
         let mut appended = broker.appended.subscribe();
         loop {

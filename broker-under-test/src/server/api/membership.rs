@@ -1,5 +1,7 @@
 //! JoinGroup, SyncGroup, Heartbeat and LeaveGroup: requests to the group
-//! coordinator (`crate::coordinator`), answered when it decides.
+//! coordinator (`crate::coordinator`), answered when it decides. The
+//! coordinator of every group is the controller's Raft leader (where the
+//! committed offsets are written); other brokers answer NOT_COORDINATOR.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +18,24 @@ use crate::server::Broker;
 /// Longest a join or sync waits for its answer.
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Groups are coordinated by the controller's Raft leader; others refuse.
+pub fn not_coordinator() -> i16 {
+    kafka_protocol::ResponseError::NotCoordinator.code()
+}
+
 fn s(x: &str) -> StrBytes {
     StrBytes::from_string(x.to_string())
 }
 
 /// JoinGroup: answered when the rebalance completes.
 pub fn join(broker: &Arc<Broker>, client_id: &str, req: JoinGroupRequest, version: i16) -> Reply {
+    if !broker.controller.is_leader() {
+        let resp = JoinGroupResponse::default()
+            .with_error_code(not_coordinator())
+            .with_generation_id(-1)
+            .with_protocol_name(Some(s("")));
+        return ready(encode(&resp, version));
+    }
     let ms = |v: i32| Duration::from_millis(v.max(0) as u64);
     let rebalance = if version >= 1 {
         req.rebalance_timeout_ms
@@ -72,6 +86,10 @@ pub fn join(broker: &Arc<Broker>, client_id: &str, req: JoinGroupRequest, versio
 
 /// SyncGroup: answered once the leader has sent the assignment.
 pub fn sync(broker: &Arc<Broker>, req: SyncGroupRequest, version: i16) -> Reply {
+    if !broker.controller.is_leader() {
+        let resp = SyncGroupResponse::default().with_error_code(not_coordinator());
+        return ready(encode(&resp, version));
+    }
     let assignments = req
         .assignments
         .iter()
@@ -102,6 +120,10 @@ pub fn sync(broker: &Arc<Broker>, req: SyncGroupRequest, version: i16) -> Reply 
 
 /// Heartbeat.
 pub fn heartbeat(broker: &Arc<Broker>, req: HeartbeatRequest, version: i16) -> Reply {
+    if !broker.controller.is_leader() {
+        let resp = HeartbeatResponse::default().with_error_code(not_coordinator());
+        return ready(encode(&resp, version));
+    }
     let code = broker.coordinator.heartbeat(
         req.group_id.0.as_str(),
         req.generation_id,
@@ -115,6 +137,10 @@ pub fn heartbeat(broker: &Arc<Broker>, req: HeartbeatRequest, version: i16) -> R
 
 /// LeaveGroup (one member before v3, a list from v3).
 pub fn leave(broker: &Arc<Broker>, req: LeaveGroupRequest, version: i16) -> Reply {
+    if !broker.controller.is_leader() {
+        let resp = LeaveGroupResponse::default().with_error_code(not_coordinator());
+        return ready(encode(&resp, version));
+    }
     let ids: Vec<String> = if version >= 3 {
         req.members
             .iter()

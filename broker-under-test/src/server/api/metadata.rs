@@ -1,4 +1,6 @@
-//! Metadata: this broker, its topics, and auto-creation of unknown topics.
+//! Metadata: the live brokers, and per partition its leader, leader epoch,
+//! replicas and ISR, from this broker's copy of the controller state;
+//! auto-creation of unknown topics through the controller.
 
 use std::sync::Arc;
 
@@ -8,31 +10,54 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use super::{code, encode, Body};
+use crate::controller::state::{ClusterState, TopicState};
 use crate::server::Broker;
-use crate::topics::{valid_name, Topic};
+use crate::topics::{valid_name, CreateError};
 
-fn topic_entry(broker: &Broker, topic: &Topic) -> MetadataResponseTopic {
-    let id = BrokerId(broker.config.id);
+fn ids(v: &[i32]) -> Vec<BrokerId> {
+    v.iter().map(|&i| BrokerId(i)).collect()
+}
+
+fn topic_entry(
+    broker: &Broker,
+    state: &ClusterState,
+    name: &str,
+    topic: &TopicState,
+) -> MetadataResponseTopic {
     let partitions = topic
         .partitions
         .iter()
-        .map(|p| {
-            let offline = p.offline().is_some();
+        .enumerate()
+        .map(|(i, p)| {
+            let offline: Vec<i32> = p
+                .replicas
+                .iter()
+                .copied()
+                .filter(|r| !state.live(*r))
+                .collect();
+            let local_failure = (p.leader == broker.config.id)
+                .then(|| broker.topics.get(name, i as i32))
+                .flatten()
+                .and_then(|l| l.offline());
+            let error = if p.leader < 0 {
+                code(ResponseError::LeaderNotAvailable)
+            } else if local_failure.is_some() {
+                code(ResponseError::KafkaStorageError)
+            } else {
+                0
+            };
             MetadataResponsePartition::default()
-                .with_error_code(if offline {
-                    code(ResponseError::KafkaStorageError)
-                } else {
-                    0
-                })
-                .with_partition_index(p.index)
-                .with_leader_id(id)
+                .with_error_code(error)
+                .with_partition_index(i as i32)
+                .with_leader_id(BrokerId(p.leader))
                 .with_leader_epoch(p.leader_epoch)
-                .with_replica_nodes(vec![id])
-                .with_isr_nodes(vec![id])
+                .with_replica_nodes(ids(&p.replicas))
+                .with_isr_nodes(ids(&p.isr))
+                .with_offline_replicas(ids(&offline))
         })
         .collect();
     MetadataResponseTopic::default()
-        .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
+        .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
         .with_partitions(partitions)
 }
 
@@ -49,48 +74,68 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
                 .collect(),
         ),
     };
-    let mut topics = Vec::new();
-    match requested {
-        None => topics.extend(broker.topics.all().iter().map(|t| topic_entry(broker, t))),
-        Some(names) => {
-            for name in names {
-                let mut found = broker.topics.get(&name);
-                if found.is_none() && allow_create && valid_name(&name) {
-                    let b = broker.clone();
-                    let n = name.clone();
-                    let created =
-                        tokio::task::spawn_blocking(move || b.topics.create(&n, -1, 1, 1)).await;
-                    match created {
-                        Ok(Ok(t)) => found = Some(t),
-                        // Lost a race with another creator: the topic exists now.
-                        Ok(Err(crate::topics::CreateError::Exists(_))) => {
-                            found = broker.topics.get(&name)
-                        }
-                        Ok(Err(e)) => tracing::warn!(topic = %name, "auto-create failed: {e}"),
-                        Err(e) => tracing::warn!(topic = %name, "auto-create task failed: {e}"),
-                    }
+    if let Some(names) = &requested {
+        for name in names {
+            let exists = broker
+                .controller
+                .applied
+                .read(|s| s.topics.contains_key(name));
+            if !exists && allow_create && valid_name(name) {
+                match broker.create_topic(name, -1, -1, None, false).await {
+                    Ok(_) | Err(CreateError::Exists(_)) => {}
+                    Err(e) => tracing::warn!(topic = %name, "auto-create failed: {e}"),
                 }
-                topics.push(match found {
-                    Some(t) => topic_entry(broker, &t),
-                    None => MetadataResponseTopic::default()
-                        .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
-                        .with_error_code(code(if valid_name(&name) {
-                            ResponseError::UnknownTopicOrPartition
-                        } else {
-                            ResponseError::InvalidTopicException
-                        })),
-                });
             }
         }
     }
+    let state = broker.controller.applied.snapshot();
+    let topics = match requested {
+        None => state
+            .topics
+            .iter()
+            .map(|(n, t)| topic_entry(broker, &state, n, t))
+            .collect(),
+        Some(names) => names
+            .into_iter()
+            .map(|name| match state.topics.get(&name) {
+                Some(t) => topic_entry(broker, &state, &name, t),
+                None => MetadataResponseTopic::default()
+                    .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
+                    .with_error_code(code(if valid_name(&name) {
+                        ResponseError::UnknownTopicOrPartition
+                    } else {
+                        ResponseError::InvalidTopicException
+                    })),
+            })
+            .collect(),
+    };
+    let mut brokers: Vec<MetadataResponseBroker> = state
+        .brokers
+        .iter()
+        .filter(|(_, b)| !b.fenced)
+        .map(|(&id, b)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id))
+                .with_host(StrBytes::from_string(b.host.clone()))
+                .with_port(b.port)
+        })
+        .collect();
     let c = &broker.config;
+    if !brokers.iter().any(|b| b.node_id.0 == c.id) {
+        // Not registered yet (or fenced): still name this broker, so a
+        // client bootstrapping here has somewhere to ask again.
+        brokers.push(
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(c.id))
+                .with_host(StrBytes::from_string(c.advertise_host.clone()))
+                .with_port(c.advertise_port),
+        );
+    }
+    let controller = broker.controller.leader().map_or(-1, |l| l as i32);
     let resp = MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(BrokerId(c.id))
-            .with_host(StrBytes::from_string(c.advertise_host.clone()))
-            .with_port(c.advertise_port)])
+        .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_static_str("unlost")))
-        .with_controller_id(BrokerId(c.id))
+        .with_controller_id(BrokerId(controller))
         .with_topics(topics);
     encode(&resp, version)
 }

@@ -3,6 +3,7 @@
 //! the encoded response body (None for produce with acks=0).
 
 mod admin;
+mod epochs;
 mod fetch;
 mod groups;
 mod membership;
@@ -43,6 +44,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SyncGroup, 0, 3),
     (ApiKey::Heartbeat, 0, 3),
     (ApiKey::LeaveGroup, 0, 3),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
 ];
 
 /// Whether this broker serves `version` of `key`.
@@ -102,7 +104,7 @@ pub async fn dispatch(
             ready(groups::find_coordinator(broker, decode(key, body, v)?, v))
         }
         ApiKey::OffsetCommit => groups::offset_commit(broker, decode(key, body, v)?, v),
-        ApiKey::OffsetFetch => ready(groups::offset_fetch(broker, decode(key, body, v)?, v)),
+        ApiKey::OffsetFetch => ready(groups::offset_fetch(broker, decode(key, body, v)?, v).await),
         ApiKey::JoinGroup => {
             let client = header
                 .client_id
@@ -113,9 +115,36 @@ pub async fn dispatch(
         ApiKey::SyncGroup => membership::sync(broker, decode(key, body, v)?, v),
         ApiKey::Heartbeat => membership::heartbeat(broker, decode(key, body, v)?, v),
         ApiKey::LeaveGroup => membership::leave(broker, decode(key, body, v)?, v),
-        ApiKey::InitProducerId => ready(admin::init_producer_id(broker, decode(key, body, v)?, v)),
+        ApiKey::InitProducerId => {
+            ready(admin::init_producer_id(broker, decode(key, body, v)?, v).await)
+        }
+        ApiKey::OffsetForLeaderEpoch => ready(epochs::offset_for_leader_epoch(
+            broker,
+            decode(key, body, v)?,
+            v,
+        )),
         _ => return Err(format!("unsupported API {key:?} v{v}")),
     })
+}
+
+/// The local replica a client request must go to: the partition's leader.
+pub fn leader_replica(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+) -> Result<Arc<crate::partition::Partition>, kafka_protocol::ResponseError> {
+    use kafka_protocol::ResponseError;
+    let known = broker
+        .controller
+        .applied
+        .read(|s| s.partition(topic, partition).is_some());
+    if !known {
+        return Err(ResponseError::UnknownTopicOrPartition);
+    }
+    match broker.topics.get(topic, partition) {
+        Some(p) if p.is_leader() => Ok(p),
+        _ => Err(ResponseError::NotLeaderOrFollower),
+    }
 }
 
 /// The error code of a Kafka error.

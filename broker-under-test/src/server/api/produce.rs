@@ -1,6 +1,9 @@
-//! Produce: validate batches, append them in request order, then answer
-//! per acks and flush policy (acks=0: no answer; acks=1/-1 with flush
-//! `always`: after the fsync that covers the batch; otherwise at once).
+//! Produce (leaders only): validate batches, append them in request order,
+//! then answer per acks and flush policy. acks=0: no answer. acks=1: after
+//! the local append (and its fsync with flush `always`). acks=all: checks
+//! min.insync.replicas before the append (NOT_ENOUGH_REPLICAS), then waits
+//! for the high watermark to pass the batch and checks again
+//! (NOT_ENOUGH_REPLICAS_AFTER_APPEND), as Kafka does.
 
 use std::sync::Arc;
 
@@ -10,7 +13,11 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use super::{code, encode, ready, Reply};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{code, encode, leader_replica, ready, Reply};
 use crate::config::FlushPolicy;
 use crate::partition::Partition;
 use crate::server::Broker;
@@ -18,27 +25,23 @@ use crate::storage::{batch, StorageError};
 
 struct Failure(ResponseError, String);
 
+/// An append made, and what its answer still waits for.
+struct Pending {
+    partition: Arc<Partition>,
+    end: i64,
+    epoch: i32,
+    min_isr: i32,
+}
+
 fn append_one(
     broker: &Broker,
     topic: &str,
     index: i32,
     records: Option<Bytes>,
-) -> Result<(Arc<Partition>, i64, i64), Failure> {
-    let Some(t) = broker.topics.get(topic) else {
-        return Err(Failure(
-            ResponseError::UnknownTopicOrPartition,
-            format!("unknown topic {topic}"),
-        ));
-    };
-    let Some(p) = usize::try_from(index)
-        .ok()
-        .and_then(|i| t.partitions.get(i))
-    else {
-        return Err(Failure(
-            ResponseError::UnknownTopicOrPartition,
-            format!("{topic} has no partition {index}"),
-        ));
-    };
+    acks: i16,
+) -> Result<(i64, i64, Pending), Failure> {
+    let p = leader_replica(broker, topic, index)
+        .map_err(|e| Failure(e, format!("{topic}-{index}: {e:?}")))?;
     let records = records.unwrap_or_default();
     if records.is_empty() {
         return Err(Failure(
@@ -54,9 +57,37 @@ fn append_one(
     if let Some(reason) = p.offline() {
         return Err(Failure(ResponseError::KafkaStorageError, reason));
     }
+    let min_isr = broker
+        .controller
+        .applied
+        .read(|s| s.topics.get(topic).map(|t| t.config.min_insync_replicas))
+        .unwrap_or(1);
+    let progress = p.progress();
+    if acks == -1 && (progress.isr_size as i32) < min_isr {
+        return Err(Failure(
+            ResponseError::NotEnoughReplicas,
+            format!(
+                "{topic}-{index}: ISR has {} members, min.insync.replicas is {min_isr}",
+                progress.isr_size
+            ),
+        ));
+    }
     let mut buf = records.to_vec();
     match p.append(&mut buf, &mut headers) {
-        Ok(a) => Ok((p.clone(), a.base_offset, a.last_offset + 1)),
+        Ok(Ok(a)) => Ok((
+            a.base_offset,
+            p.bounds().0,
+            Pending {
+                end: a.last_offset + 1,
+                epoch: progress.leader_epoch,
+                min_isr,
+                partition: p,
+            },
+        )),
+        Ok(Err(_)) => Err(Failure(
+            ResponseError::NotLeaderOrFollower,
+            format!("{topic}-{index}: no longer the leader"),
+        )),
         Err(e @ StorageError::Offline { .. }) | Err(e @ StorageError::Io { .. }) => {
             Err(Failure(ResponseError::KafkaStorageError, e.to_string()))
         }
@@ -71,9 +102,80 @@ fn append_one(
     }
 }
 
+/// Waits for what acks=1 / acks=all need: the fsync (flush `always`), and
+/// for acks=all the high watermark past the batch with the ISR still at
+/// min.insync.replicas.
+async fn wait_acks(pending: &Pending, acks: i16, deadline: Instant) -> Result<(), Failure> {
+    let p = &pending.partition;
+    if p.policy() == FlushPolicy::Always {
+        match tokio::time::timeout_at(deadline, p.wait_durable(pending.end)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Failure(ResponseError::KafkaStorageError, e)),
+            Err(_) => {
+                return Err(Failure(
+                    ResponseError::RequestTimedOut,
+                    "fsync did not finish in time".into(),
+                ))
+            }
+        }
+    }
+    if acks != -1 {
+        return Ok(());
+    }
+    let mut rx = p.watch();
+    let waited = tokio::time::timeout_at(
+        deadline,
+        rx.wait_for(|pr| {
+            pr.high_watermark >= pending.end
+                || !pr.is_leader
+                || pr.leader_epoch != pending.epoch
+                || pr.failed.is_some()
+        }),
+    )
+    .await;
+    let pr = match waited {
+        Err(_) => {
+            return Err(Failure(
+                ResponseError::RequestTimedOut,
+                format!(
+                    "offsets below {} not replicated to the ISR in time",
+                    pending.end
+                ),
+            ))
+        }
+        Ok(Err(_)) => {
+            return Err(Failure(
+                ResponseError::NotLeaderOrFollower,
+                "partition closed".into(),
+            ))
+        }
+        Ok(Ok(pr)) => pr.clone(),
+    };
+    if let Some(e) = pr.failed {
+        return Err(Failure(ResponseError::KafkaStorageError, e));
+    }
+    if !pr.is_leader || pr.leader_epoch != pending.epoch {
+        return Err(Failure(
+            ResponseError::NotLeaderOrFollower,
+            "leadership changed before the ISR had the batch".into(),
+        ));
+    }
+    if (pr.isr_size as i32) < pending.min_isr {
+        return Err(Failure(
+            ResponseError::NotEnoughReplicasAfterAppend,
+            format!(
+                "written, but the ISR shrank to {} below min.insync.replicas {}",
+                pr.isr_size, pending.min_isr
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Handles a produce request; the reply completes when the acks are due.
 pub fn handle(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply {
     let acks = req.acks;
+    let deadline = Instant::now() + Duration::from_millis(req.timeout_ms.clamp(0, 300_000) as u64);
     let mut waits = Vec::new();
     let mut topics = Vec::new();
     for (ti, td) in req.topic_data.into_iter().enumerate() {
@@ -91,13 +193,13 @@ pub fn handle(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply 
                     format!("acks={acks}"),
                 ))
             } else {
-                append_one(broker, &name, pd.index, pd.records)
+                append_one(broker, &name, pd.index, pd.records, acks)
             };
             match outcome {
-                Ok((p, base, end)) => {
+                Ok((base, start, pending)) => {
                     r.base_offset = base;
-                    r.log_start_offset = p.bounds().0;
-                    waits.push((ti, pi, p, end));
+                    r.log_start_offset = start;
+                    waits.push((ti, pi, pending));
                 }
                 Err(Failure(e, msg)) => {
                     tracing::debug!(topic = %name, partition = pd.index, "produce refused: {msg}");
@@ -117,15 +219,16 @@ pub fn handle(broker: &Arc<Broker>, req: ProduceRequest, version: i16) -> Reply 
         return ready(Ok(None));
     }
     let mut resp = ProduceResponse::default().with_responses(topics);
-    if broker.config.flush != FlushPolicy::Always || waits.is_empty() {
+    if waits.is_empty() || (acks == 1 && broker.config.flush != FlushPolicy::Always) {
         return ready(encode(&resp, version));
     }
     Box::pin(async move {
-        for (ti, pi, p, end) in waits {
-            if let Err(e) = p.wait_durable(end).await {
+        for (ti, pi, pending) in waits {
+            if let Err(Failure(e, msg)) = wait_acks(&pending, acks, deadline).await {
+                tracing::debug!(topic = %pending.partition.topic, partition = pending.partition.index, "produce not acknowledged: {msg}");
                 let r = &mut resp.responses[ti].partition_responses[pi];
-                r.error_code = code(ResponseError::KafkaStorageError);
-                r.error_message = Some(StrBytes::from_string(e));
+                r.error_code = code(e);
+                r.error_message = Some(StrBytes::from_string(msg));
                 r.base_offset = -1;
             }
         }

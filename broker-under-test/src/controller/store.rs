@@ -1,0 +1,479 @@
+//! Durable storage for the controller's Raft group: the log, the vote and
+//! snapshots of the state machine, under `<data-dir>/controller/`.
+//!
+//! The log is an append-only file of records `[len u32][crc32c u32][json
+//! entry]`; every append is fdatasynced before openraft is told it is
+//! stored, so a vote or an acknowledged entry survives a crash or power
+//! loss. Truncation and purge rewrite the file atomically (they are rare:
+//! conflicting entries after an election, and compaction after snapshots).
+//! A torn tail (the record that was being written at a crash) is dropped on
+//! open. The vote and the purge point live in `meta.json`; the latest
+//! snapshot in `snapshot.json`, both written with write, fsync, rename.
+
+// openraft's trait methods return its (large) StorageError; the helpers match them.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{Cursor, Read, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::state::{ClusterState, Reply};
+use super::TypeConfig;
+use crate::storage::log::write_atomically;
+
+type NodeId = u64;
+type StoreResult<T> = Result<T, StorageError<NodeId>>;
+
+fn io_err(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError<NodeId> {
+    StorageError::IO {
+        source: StorageIOError::new(subject, verb, AnyError::new(&e)),
+    }
+}
+
+fn other_err(what: &str) -> StorageError<NodeId> {
+    io_err(
+        ErrorSubject::Store,
+        ErrorVerb::Read,
+        std::io::Error::other(what.to_string()),
+    )
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Meta {
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    last_purged: Option<LogId<NodeId>>,
+}
+
+#[derive(Debug)]
+struct LogInner {
+    dir: PathBuf,
+    file: File,
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    meta: Meta,
+}
+
+/// The Raft log and vote; clones share the same files.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<LogInner>>,
+}
+
+const LOG_FILE: &str = "raft.log";
+const META_FILE: &str = "meta.json";
+const SNAPSHOT_FILE: &str = "snapshot.json";
+
+fn encode_record(entry: &Entry<TypeConfig>, out: &mut Vec<u8>) {
+    let payload = serde_json::to_vec(entry).expect("raft entry serializes");
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+    out.extend_from_slice(&payload);
+}
+
+/// Parses records; returns them and the length of the valid prefix.
+fn decode_records(buf: &[u8]) -> (Vec<Entry<TypeConfig>>, usize) {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while buf.len() - pos >= 8 {
+        let len = u32::from_be_bytes(buf[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_be_bytes(buf[pos + 4..pos + 8].try_into().expect("4 bytes"));
+        let Some(payload) = buf.get(pos + 8..pos + 8 + len) else {
+            break;
+        };
+        if crc32c::crc32c(payload) != crc {
+            break;
+        }
+        let Ok(entry) = serde_json::from_slice(payload) else {
+            break;
+        };
+        out.push(entry);
+        pos += 8 + len;
+    }
+    (out, pos)
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("read {}: {e}", path.display())),
+    }
+}
+
+impl LogStore {
+    /// Opens the log in `dir`, dropping a torn tail.
+    pub fn open(dir: &Path) -> Result<LogStore, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let meta: Meta = read_json(&dir.join(META_FILE))?.unwrap_or_default();
+        let path = dir.join(LOG_FILE);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("open {}: {e}", path.display()))?;
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf)
+            .map_err(|e| format!("read {}: {e}", path.display()))?;
+        let (records, valid) = decode_records(&buf);
+        if valid < buf.len() {
+            tracing::warn!(
+                bytes = buf.len() - valid,
+                "controller log: dropping a torn tail"
+            );
+            file.set_len(valid as u64)
+                .and_then(|_| file.sync_all())
+                .map_err(|e| format!("truncate {}: {e}", path.display()))?;
+        }
+        let purged = meta.last_purged.map(|l| l.index);
+        let entries = records
+            .into_iter()
+            .filter(|e| purged.is_none_or(|p| e.log_id.index > p))
+            .map(|e| (e.log_id.index, e))
+            .collect();
+        Ok(LogStore {
+            inner: Arc::new(Mutex::new(LogInner {
+                dir: dir.to_path_buf(),
+                file,
+                entries,
+                meta,
+            })),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl LogInner {
+    fn save_meta(&self) -> Result<(), StorageError<NodeId>> {
+        let bytes = serde_json::to_vec(&self.meta).expect("meta serializes");
+        write_atomically(&self.dir, META_FILE, &bytes)
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    /// Rewrites the log file with the entries held in memory.
+    fn rewrite(&mut self) -> Result<(), StorageError<NodeId>> {
+        let mut buf = Vec::new();
+        for e in self.entries.values() {
+            encode_record(e, &mut buf);
+        }
+        write_atomically(&self.dir, LOG_FILE, &buf)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        let path = self.dir.join(LOG_FILE);
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        Ok(())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StoreResult<Vec<Entry<TypeConfig>>> {
+        Ok(self
+            .lock()
+            .entries
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StoreResult<LogState<TypeConfig>> {
+        let inner = self.lock();
+        let last_purged = inner.meta.last_purged;
+        let last = inner
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(last_purged);
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StoreResult<()> {
+        let mut inner = self.lock();
+        inner.meta.vote = Some(*vote);
+        inner.save_meta()
+    }
+
+    async fn read_vote(&mut self) -> StoreResult<Option<Vote<NodeId>>> {
+        Ok(self.lock().meta.vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StoreResult<()> {
+        // Kept in memory only: a restart re-learns it from the leader (or
+        // re-applies from the snapshot), which openraft allows.
+        self.lock().meta.committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> StoreResult<Option<LogId<NodeId>>> {
+        Ok(None)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StoreResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut inner = self.lock();
+        let mut buf = Vec::new();
+        for e in entries {
+            encode_record(&e, &mut buf);
+            inner.entries.insert(e.log_id.index, e);
+        }
+        let result = inner
+            .file
+            .write_all(&buf)
+            .and_then(|_| inner.file.sync_data());
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("controller log write failed: {e}");
+                let msg = e.to_string();
+                callback.log_io_completed(Err(e));
+                Err(other_err(&msg))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
+        let mut inner = self.lock();
+        inner.entries.retain(|&i, _| i < log_id.index);
+        inner.rewrite()
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
+        let mut inner = self.lock();
+        inner.meta.last_purged = Some(log_id);
+        inner.save_meta()?;
+        inner.entries.retain(|&i, _| i > log_id.index);
+        inner.rewrite()
+    }
+}
+
+/// What a snapshot holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    state: ClusterState,
+}
+
+/// The applied cluster state, shared with the broker (read-only there).
+#[derive(Debug)]
+pub struct Applied {
+    pub state: RwLock<ClusterState>,
+    /// Bumped after every applied batch of entries.
+    pub version: watch::Sender<u64>,
+}
+
+impl Applied {
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> ClusterState {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Runs `f` on the current state.
+    pub fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
+        f(&self.state.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// The state machine; applies committed commands to `Applied`.
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    dir: PathBuf,
+    pub applied: Arc<Applied>,
+    inner: Arc<Mutex<SmInner>>,
+}
+
+#[derive(Debug, Default)]
+struct SmInner {
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, openraft::BasicNode>,
+    snapshot: Option<StoredSnapshot>,
+}
+
+impl StateMachine {
+    /// Loads the latest snapshot (if any); the log replays the rest.
+    pub fn open(dir: &Path) -> Result<StateMachine, String> {
+        let snap: Option<StoredSnapshot> = read_json(&dir.join(SNAPSHOT_FILE))?;
+        let mut inner = SmInner::default();
+        let mut state = ClusterState::default();
+        if let Some(s) = snap {
+            inner.last_applied = s.meta.last_log_id;
+            inner.last_membership = s.meta.last_membership.clone();
+            state = s.state.clone();
+            inner.snapshot = Some(s);
+        }
+        Ok(StateMachine {
+            dir: dir.to_path_buf(),
+            applied: Arc::new(Applied {
+                state: RwLock::new(state),
+                version: watch::channel(0).0,
+            }),
+            inner: Arc::new(Mutex::new(inner)),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SmInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn install(&self, snap: StoredSnapshot) -> StoreResult<()> {
+        let bytes = serde_json::to_vec(&snap).expect("snapshot serializes");
+        write_atomically(&self.dir, SNAPSHOT_FILE, &bytes)
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        *self
+            .applied
+            .state
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = snap.state.clone();
+        let mut inner = self.lock();
+        inner.last_applied = snap.meta.last_log_id;
+        inner.last_membership = snap.meta.last_membership.clone();
+        inner.snapshot = Some(snap);
+        drop(inner);
+        self.applied.version.send_modify(|v| *v += 1);
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
+        let state = self.applied.snapshot();
+        let (last, membership) = {
+            let inner = self.lock();
+            (inner.last_applied, inner.last_membership.clone())
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: membership,
+            snapshot_id: format!("{}", last.map_or(0, |l| l.index)),
+        };
+        let snap = StoredSnapshot {
+            meta: meta.clone(),
+            state,
+        };
+        let bytes = serde_json::to_vec(&snap).expect("snapshot serializes");
+        write_atomically(&self.dir, SNAPSHOT_FILE, &bytes)
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        self.lock().snapshot = Some(snap);
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StoreResult<(
+        Option<LogId<NodeId>>,
+        StoredMembership<NodeId, openraft::BasicNode>,
+    )> {
+        let inner = self.lock();
+        Ok((inner.last_applied, inner.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StoreResult<Vec<Reply>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut replies = Vec::new();
+        {
+            let mut state = self
+                .applied
+                .state
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            let mut inner = self.lock();
+            for e in entries {
+                inner.last_applied = Some(e.log_id);
+                match e.payload {
+                    EntryPayload::Blank => replies.push(Reply::Ok),
+                    EntryPayload::Normal(cmd) => {
+                        tracing::debug!(index = e.log_id.index, ?cmd, "controller applies");
+                        replies.push(state.apply(e.log_id.index, cmd));
+                    }
+                    EntryPayload::Membership(m) => {
+                        inner.last_membership = StoredMembership::new(Some(e.log_id), m);
+                        replies.push(Reply::Ok);
+                    }
+                }
+            }
+        }
+        self.applied.version.send_modify(|v| *v += 1);
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StoreResult<()> {
+        let mut snap: StoredSnapshot = serde_json::from_slice(snapshot.get_ref())
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        snap.meta = meta.clone();
+        self.install(snap)
+    }
+
+    async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
+        let inner = self.lock();
+        Ok(inner.snapshot.as_ref().map(|s| Snapshot {
+            meta: s.meta.clone(),
+            snapshot: Box::new(Cursor::new(
+                serde_json::to_vec(s).expect("snapshot serializes"),
+            )),
+        }))
+    }
+}
