@@ -42,8 +42,20 @@ const RETRY: Duration = Duration::from_millis(100);
 /// Follows the controller's state until the process ends.
 pub async fn run(broker: Arc<Broker>) {
     let mut version = broker.controller.applied.version.subscribe();
+    let mut announced = None;
     loop {
+        version.borrow_and_update();
         reconcile(&broker);
+        let registered = broker.controller.registered_epoch();
+        if registered.is_some() && registered != announced {
+            // Tests and the harness wait for this line.
+            tracing::info!(
+                id = broker.config.id,
+                epoch = registered,
+                "registered with the controller; replicas in their roles"
+            );
+            announced = registered;
+        }
         shrink_isrs(&broker);
         let _ = tokio::time::timeout(Duration::from_millis(200), version.changed()).await;
     }

@@ -79,6 +79,9 @@ pub struct BrokerProcess {
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// What a broker logs once the controller has registered it.
+pub const REGISTERED: &str = "registered with the controller";
+
 impl BrokerProcess {
     /// Starts a broker in a fresh temporary data dir with extra flags.
     pub fn start(extra: &[&str]) -> Self {
@@ -130,6 +133,7 @@ impl BrokerProcess {
                     .map_err(std::io::Error::from)
             });
         }
+        let registered_before = self.log_text().matches(REGISTERED).count();
         self.child = Some(cmd.spawn().expect("spawn unlost-broker"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(self.addr).is_err() {
@@ -142,6 +146,24 @@ impl BrokerProcess {
             assert!(
                 Instant::now() < deadline,
                 "broker did not listen in 20 s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A lone broker is ready once its controller registered it (a
+        // cluster member needs its peers for that: see `Cluster`).
+        if !self.args.iter().any(|a| a == "--voters") {
+            self.wait_log(REGISTERED, registered_before + 1, Duration::from_secs(20));
+        }
+    }
+
+    /// Waits until `needle` occurs `count` times in the broker log.
+    pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.log_text().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "broker log does not show {needle:?} {count} times after {timeout:?}:\n{}",
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));

@@ -250,13 +250,11 @@ impl Controller {
                     };
                     match self.propose(cmd).await {
                         Ok(Reply::Registered { epoch: e }) => {
-                            tracing::info!(
-                                id = self.id,
-                                epoch = e,
-                                "registered with the controller"
-                            );
+                            tracing::debug!(id = self.id, epoch = e, "registration committed");
                             epoch = Some(e);
                             self.registered.store(e, Ordering::SeqCst);
+                            // Wake the replica manager: it acts on this epoch.
+                            self.applied.version.send_modify(|v| *v += 1);
                         }
                         Ok(r) => tracing::warn!("register: unexpected reply {r:?}"),
                         Err(e) => tracing::warn!("register: {e}"),

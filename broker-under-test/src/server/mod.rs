@@ -133,12 +133,28 @@ impl Broker {
             min_insync_replicas: min_insync_replicas.unwrap_or(1),
             unclean_leader_election: self.config.unclean_leader_election,
         };
-        let (exists, live) = self.controller.applied.read(|s| {
+        let counts = |s: &crate::controller::state::ClusterState| {
             (
                 s.topics.contains_key(name),
                 s.brokers.values().filter(|b| !b.fenced).count(),
             )
-        });
+        };
+        // While the cluster starts, brokers are still registering: give them
+        // a moment before refusing a replication factor.
+        let mut version = self.controller.applied.version.subscribe();
+        let deadline = tokio::time::Instant::now() + crate::controller::PROPOSE_TIMEOUT;
+        let (exists, live) = loop {
+            let (exists, live) = self.controller.applied.read(counts);
+            if exists || live >= config.replication_factor.max(1) as usize {
+                break (exists, live);
+            }
+            if tokio::time::timeout_at(deadline, version.changed())
+                .await
+                .is_err()
+            {
+                break (exists, live);
+            }
+        };
         crate::topics::check(name, &config, live)?;
         if exists {
             return Err(CreateError::Exists(name.to_string()));
@@ -161,19 +177,27 @@ impl Broker {
             Ok(other) => return Err(CreateError::Controller(format!("{other:?}"))),
             Err(e) => return Err(CreateError::Controller(e)),
         }
-        let mut version = self.controller.applied.version.subscribe();
+        // Answer once this broker knows the topic and leads its share of it,
+        // so a client that produces here next finds a leader.
         let deadline = tokio::time::Instant::now() + crate::controller::PROPOSE_TIMEOUT;
-        while !self
-            .controller
-            .applied
-            .read(|s| s.topics.contains_key(name))
-        {
-            if tokio::time::timeout_at(deadline, version.changed())
-                .await
-                .is_err()
-            {
+        let me = self.config.id;
+        while tokio::time::Instant::now() < deadline {
+            let leaders: Option<Vec<i32>> = self.controller.applied.read(|s| {
+                s.topics.get(name).map(|t| {
+                    (0..t.partitions.len() as i32)
+                        .filter(|&i| t.partitions[i as usize].leader == me)
+                        .collect()
+                })
+            });
+            let ready = leaders.is_some_and(|mine| {
+                mine.iter()
+                    .all(|&i| self.topics.get(name, i).is_some_and(|p| p.is_leader()))
+            });
+            if ready {
                 break;
             }
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(10), version.changed()).await;
         }
         tracing::info!(
             topic = name,
