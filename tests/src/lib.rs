@@ -94,10 +94,15 @@ impl BrokerProcess {
     /// Starts a broker whose data dir and log live in `dir`.
     pub fn start_in(dir: &Path, extra: &[&str]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_node(dir, 1, addr, extra)
+    }
+
+    /// Starts broker `id` on `addr` with its data dir and log in `dir`.
+    pub fn start_node(dir: &Path, id: i32, addr: SocketAddr, extra: &[&str]) -> Self {
         let data_dir = dir.join("data");
         let mut args = vec![
             "--id".to_string(),
-            "1".into(),
+            id.to_string(),
             "--listen".into(),
             addr.to_string(),
             "--data-dir".into(),
@@ -300,5 +305,156 @@ impl KafkaConn {
         let mut out = Vec::new();
         self.stream.read_to_end(&mut out)?;
         Ok(out)
+    }
+}
+
+/// A cluster of unlost-broker processes on loopback, every one a
+/// controller voter.
+pub struct Cluster {
+    pub brokers: Vec<BrokerProcess>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` brokers (ids 1..=n) with extra flags and waits until each
+    /// is registered with the controller.
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let voters = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, c))| format!("{}@127.0.0.1:{c}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let brokers: Vec<BrokerProcess> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (k, c))| {
+                let dir = tmp.path().join(format!("n{}", i + 1));
+                std::fs::create_dir_all(&dir).unwrap();
+                let controller = format!("127.0.0.1:{c}");
+                let mut args = vec!["--controller-listen", &controller, "--voters", &voters];
+                args.extend_from_slice(extra);
+                let addr: SocketAddr = format!("127.0.0.1:{k}").parse().unwrap();
+                BrokerProcess::start_node(&dir, i as i32 + 1, addr, &args)
+            })
+            .collect();
+        for b in &brokers {
+            b.wait_log(REGISTERED, 1, Duration::from_secs(30));
+        }
+        Cluster { brokers, _tmp: tmp }
+    }
+
+    /// Every broker's address, for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        self.brokers
+            .iter()
+            .map(|b| b.bootstrap())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Broker `id` (1-based).
+    pub fn broker(&mut self, id: i32) -> &mut BrokerProcess {
+        &mut self.brokers[id as usize - 1]
+    }
+
+    /// Restarts broker `id` and waits until it is registered again.
+    pub fn restart(&mut self, id: i32) {
+        let b = self.broker(id);
+        let before = b.log_text().matches(REGISTERED).count();
+        b.restart();
+        b.wait_log(REGISTERED, before + 1, Duration::from_secs(30));
+    }
+
+    /// A running broker's address.
+    pub fn any_running(&mut self) -> SocketAddr {
+        self.brokers
+            .iter_mut()
+            .find_map(|b| b.is_running().then_some(b.addr))
+            .expect("a running broker")
+    }
+}
+
+/// Leadership of one partition, as Metadata reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: i32,
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+}
+
+/// A topic's partitions from a broker's Metadata answer.
+pub fn partitions(addr: SocketAddr, topic: &str) -> Vec<PartitionInfo> {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
+    let mut conn = KafkaConn::connect(addr);
+    let req = MetadataRequest::default()
+        .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+            TopicName(StrBytes::from_string(topic.to_string())),
+        ))]))
+        .with_allow_auto_topic_creation(false);
+    let resp: MetadataResponse = conn.call(ApiKey::Metadata, 9, &req).expect("metadata");
+    let mut out: Vec<PartitionInfo> = resp
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .map(|p| PartitionInfo {
+            partition: p.partition_index,
+            leader: p.leader_id.0,
+            leader_epoch: p.leader_epoch,
+            replicas: p.replica_nodes.iter().map(|b| b.0).collect(),
+            isr: p.isr_nodes.iter().map(|b| b.0).collect(),
+        })
+        .collect();
+    out.sort_by_key(|p| p.partition);
+    out
+}
+
+/// Everything one replica holds of a partition, offset -> value, read with
+/// Kafka's debugging replica id (-2), which this broker serves from any
+/// replica up to its log end.
+pub fn replica_contents(addr: SocketAddr, topic: &str, partition: i32) -> Vec<(i64, Vec<u8>)> {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+    use kafka_protocol::records::RecordBatchDecoder;
+    let mut conn = KafkaConn::connect(addr);
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let req = FetchRequest::default()
+            .with_replica_id(BrokerId(-2))
+            .with_max_wait_ms(0)
+            .with_max_bytes(8 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(partition)
+                    .with_current_leader_epoch(-1)
+                    .with_fetch_offset(offset)
+                    .with_last_fetched_epoch(-1)
+                    .with_log_start_offset(-1)
+                    .with_partition_max_bytes(4 << 20)])]);
+        let resp: FetchResponse = conn.call(ApiKey::Fetch, 12, &req).expect("fetch");
+        let p = &resp.responses[0].partitions[0];
+        assert_eq!(
+            p.error_code, 0,
+            "replica fetch from {addr}: error {}",
+            p.error_code
+        );
+        let mut records = p.records.clone().unwrap_or_default();
+        if records.is_empty() {
+            return out;
+        }
+        for set in RecordBatchDecoder::decode_all(&mut records).expect("decode batches") {
+            for r in set.records {
+                offset = r.offset + 1;
+                out.push((r.offset, r.value.map(|v| v.to_vec()).unwrap_or_default()));
+            }
+        }
     }
 }

@@ -15,6 +15,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use unlost_tests::{require_program, BrokerProcess, KafkaConn};
 
+#[path = "broker/replication.rs"]
+mod replication;
 #[path = "broker/robustness.rs"]
 mod robustness;
 

@@ -290,9 +290,15 @@ async fn lease_task(controller: std::sync::Weak<Controller>) {
         };
         let leader = c.is_leader();
         if leader && !was_leader {
-            // A new leader does not know when brokers last called: start
-            // every lease now.
-            c.leases.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            // A new leader does not know when brokers last called: give
+            // every broker half a lease to find it (they call every sixth).
+            let start = Instant::now()
+                .checked_sub(c.lease / 2)
+                .unwrap_or_else(Instant::now);
+            let ids: Vec<i32> = c.applied.read(|s| s.brokers.keys().copied().collect());
+            let mut leases = c.leases.lock().unwrap_or_else(|e| e.into_inner());
+            leases.clear();
+            leases.extend(ids.into_iter().map(|id| (id, start)));
         }
         was_leader = leader;
         if !leader {
