@@ -283,13 +283,18 @@ impl Controller {
 /// On the Raft leader: fences brokers whose lease expired.
 async fn lease_task(controller: std::sync::Weak<Controller>) {
     let mut was_leader = false;
+    let mut last_tick = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let Some(c) = controller.upgrade() else {
             return;
         };
         let leader = c.is_leader();
-        if leader && !was_leader {
+        // This process was stopped (SIGSTOP) or starved: the silence was
+        // ours, not the brokers'. Judge leases afresh, as a new leader does.
+        let stalled = last_tick.elapsed() > c.lease / 3;
+        last_tick = Instant::now();
+        if leader && (!was_leader || stalled) {
             // A new leader does not know when brokers last called: give
             // every broker half a lease to find it (they call every sixth).
             let start = Instant::now()

@@ -22,7 +22,8 @@ use crate::plan::{BrokerKind, ClusterSpec, Readiness};
 /// How one node is started and judged ready.
 #[derive(Debug, Clone)]
 pub struct NodeRecipe {
-    /// argv with placeholders {id} {host} {port} {data_dir} {peers}.
+    /// argv with placeholders {id} {host} {port} {data_dir} {peers}
+    /// {peer_port} {peer_addrs}.
     pub command: Vec<String>,
     pub ready: Readiness,
     pub ready_timeout: Duration,
@@ -59,6 +60,10 @@ impl NodeRecipe {
                     "{host}:{port}".into(),
                     "--data-dir".into(),
                     "{data_dir}".into(),
+                    "--controller-listen".into(),
+                    "{host}:{peer_port}".into(),
+                    "--voters".into(),
+                    "{peer_addrs}".into(),
                 ];
                 for (k, v) in &spec.settings {
                     command.push(format!("--{}", k.replace('_', "-")));
@@ -98,6 +103,8 @@ pub struct Node {
     pub id: u32,
     pub host: String,
     pub port: u16,
+    /// Port for traffic between nodes (the builtin broker's controller).
+    pub peer_port: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -141,11 +148,16 @@ impl Cluster {
         for id in 1..=spec.nodes {
             // In the sandbox each node is a host of its own; otherwise
             // (library use without `sandbox::enter`) nodes share loopback.
-            let (host, port, netns) = if crate::sandbox::entered() {
+            let (host, port, peer_port, netns) = if crate::sandbox::entered() {
                 let h = crate::sandbox::add_host(id)?;
-                (h.addr.clone(), 9092, Some(h))
+                (h.addr.clone(), 9092, 9093, Some(h))
             } else {
-                ("127.0.0.1".to_string(), free_port("127.0.0.1")?, None)
+                let port = free_port("127.0.0.1")?;
+                let mut peer = free_port("127.0.0.1")?;
+                while peer == port {
+                    peer = free_port("127.0.0.1")?;
+                }
+                ("127.0.0.1".to_string(), port, peer, None)
             };
             let data_dir = nodes_dir.join(id.to_string()).join("data");
             std::fs::create_dir_all(&data_dir)
@@ -169,6 +181,7 @@ impl Cluster {
                 id,
                 host,
                 port,
+                peer_port,
                 data_dir,
                 log,
                 child: None,
@@ -209,6 +222,12 @@ impl Cluster {
             .map(|n| format!("{}@{}", n.id, n.addr()))
             .collect::<Vec<_>>()
             .join(",");
+        let peer_addrs = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}@{}:{}", n.id, n.host, n.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
         let n = self
             .nodes
             .iter()
@@ -220,6 +239,8 @@ impl Cluster {
                 .replace("{port}", &n.port.to_string())
                 .replace("{data_dir}", &n.data_dir.display().to_string())
                 .replace("{peers}", &peers)
+                .replace("{peer_port}", &n.peer_port.to_string())
+                .replace("{peer_addrs}", &peer_addrs)
         };
         let argv: Vec<String> = self.recipe.command.iter().map(|a| fill(a)).collect();
         let log = std::fs::OpenOptions::new()
@@ -253,7 +274,12 @@ impl Cluster {
 
     /// Waits until node `id` passes the recipe's readiness check.
     pub fn wait_ready(&mut self, id: u32) -> Result<(), Error> {
-        let (ready, timeout) = (self.recipe.ready, self.recipe.ready_timeout);
+        self.wait_until(id, self.recipe.ready)
+    }
+
+    /// Waits until node `id` passes `ready`.
+    fn wait_until(&mut self, id: u32, ready: Readiness) -> Result<(), Error> {
+        let timeout = self.recipe.ready_timeout;
         let deadline = Instant::now() + timeout;
         loop {
             let n = self.node(id)?;
@@ -332,11 +358,13 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts a node that is down, on the same data dir, and waits for it.
+    /// Starts a node that is down, on the same data dir, and waits until it
+    /// listens. Not for full readiness: a cluster member may need peers
+    /// that are still paused or down to rejoin, and the run goes on.
     pub fn restart(&mut self, id: u32) -> Result<(), Error> {
         if self.node(id)?.state == NodeState::Down {
             self.launch(id)?;
-            self.wait_ready(id)?;
+            self.wait_until(id, Readiness::Tcp)?;
         }
         Ok(())
     }
@@ -366,7 +394,8 @@ impl Cluster {
         self.restart(id)
     }
 
-    /// Resumes paused nodes and restarts stopped ones (end-of-run heal).
+    /// Resumes paused nodes, restarts stopped ones, and waits until every
+    /// node is ready (end-of-run heal).
     pub fn heal(&mut self) -> Result<(), Error> {
         let ids: Vec<u32> = self.nodes.iter().map(|n| n.id).collect();
         for id in ids {
@@ -378,6 +407,11 @@ impl Cluster {
                 n.state = NodeState::Down;
             }
             self.restart(id)?;
+        }
+        // Now that every node runs, each must become ready again.
+        for n in 0..self.nodes.len() {
+            let id = self.nodes[n].id;
+            self.wait_ready(id)?;
         }
         Ok(())
     }

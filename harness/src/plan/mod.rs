@@ -46,7 +46,8 @@ pub enum Readiness {
 /// A user's recipe for starting one node.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CustomRecipe {
-    /// argv with placeholders {id} {host} {port} {data_dir} {peers}.
+    /// argv with placeholders {id} {host} {port} {data_dir} {peers}
+    /// {peer_port} {peer_addrs}.
     pub command: Vec<String>,
     pub ready: Readiness,
     pub ready_timeout: Duration,
@@ -57,7 +58,8 @@ pub struct CustomRecipe {
 pub struct ClusterSpec {
     pub broker: BrokerKind,
     pub nodes: u32,
-    /// Broker settings, passed to the recipe (builtin: flush, segment_bytes).
+    /// Broker settings, passed to the recipe (builtin: flush, segment_bytes,
+    /// replica_lag_ms, broker_lease_ms, unclean_leader_election).
     pub settings: BTreeMap<String, String>,
     pub recipe: Option<CustomRecipe>,
 }
@@ -567,6 +569,8 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
     }
 
     // cluster
+    const BUILTIN_SETTINGS: &str =
+        "flush, segment_bytes, replica_lag_ms, broker_lease_ms, unclean_leader_election";
     let c = raw.cluster;
     let broker =
         match c.broker.as_deref().unwrap_or("builtin") {
@@ -617,12 +621,26 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
                         ));
                     }
                 }
+                "replica_lag_ms" | "broker_lease_ms" => {
+                    if !v.parse::<u64>().is_ok_and(|n| n >= 100) {
+                        return Err(ctx.err(
+                            &path,
+                            format!("invalid {k} {v:?}: milliseconds, at least 100"),
+                        ));
+                    }
+                }
+                "unclean_leader_election" => {
+                    if v != "true" && v != "false" {
+                        return Err(ctx.err(
+                            &path,
+                            format!("invalid unclean_leader_election {v:?}: true or false"),
+                        ));
+                    }
+                }
                 other => {
                     return Err(ctx.err(
                         &path,
-                        format!(
-                        "unknown builtin broker setting {other:?} (known: flush, segment_bytes)"
-                    ),
+                        format!("unknown builtin broker setting {other:?} (known: {BUILTIN_SETTINGS})"),
                     ))
                 }
             }
@@ -978,13 +996,6 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
         "drain.timeout",
         raw.drain.timeout.as_deref().unwrap_or("60s"),
     )?;
-    // Last, so that every other mistake in a plan is reported first.
-    if broker == BrokerKind::Builtin && nodes > 1 {
-        return Err(ctx.err(
-            "cluster.nodes",
-            format!("{nodes} nodes: the builtin broker does not replicate yet; use nodes: 1"),
-        ));
-    }
 
     Ok(Plan {
         name,

@@ -109,7 +109,9 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
             })
             .collect(),
     };
-    let mut brokers: Vec<MetadataResponseBroker> = state
+    // Only registered, unfenced brokers: a broker that is not (yet or any
+    // more) part of the cluster sends clients elsewhere.
+    let brokers: Vec<MetadataResponseBroker> = state
         .brokers
         .iter()
         .filter(|(_, b)| !b.fenced)
@@ -120,17 +122,6 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
                 .with_port(b.port)
         })
         .collect();
-    let c = &broker.config;
-    if !brokers.iter().any(|b| b.node_id.0 == c.id) {
-        // Not registered yet (or fenced): still name this broker, so a
-        // client bootstrapping here has somewhere to ask again.
-        brokers.push(
-            MetadataResponseBroker::default()
-                .with_node_id(BrokerId(c.id))
-                .with_host(StrBytes::from_string(c.advertise_host.clone()))
-                .with_port(c.advertise_port),
-        );
-    }
     let controller = broker.controller.leader().map_or(-1, |l| l as i32);
     let resp = MetadataResponse::default()
         .with_brokers(brokers)
