@@ -1,5 +1,5 @@
-//! Durable storage of the broker: partition logs made of segments of
-//! RecordBatches, and the committed-offsets store.
+//! Durable storage of a broker replica: partition logs made of segments of
+//! RecordBatches, the leader-epoch cache, idempotent producer state.
 
 pub mod batch;
 pub mod epochs;

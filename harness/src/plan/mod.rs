@@ -640,7 +640,9 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
                 other => {
                     return Err(ctx.err(
                         &path,
-                        format!("unknown builtin broker setting {other:?} (known: {BUILTIN_SETTINGS})"),
+                        format!(
+                            "unknown builtin broker setting {other:?} (known: {BUILTIN_SETTINGS})"
+                        ),
                     ))
                 }
             }
