@@ -283,9 +283,30 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
         plan.topic.partitions,
         plan.drain_timeout,
     );
-    tokio::task::spawn_blocking(move || drain::drain(&b, &t, n, timeout, &h))
+    let high = tokio::task::spawn_blocking(move || drain::drain(&b, &t, n, timeout, &h))
         .await
         .map_err(|e| Error::Harness(e.to_string()))?;
+    // The builtin broker lets every replica be read: prove they agree.
+    if let (Some(high), crate::plan::BrokerKind::Builtin) = (high, &plan.cluster.broker) {
+        let nodes: std::collections::BTreeMap<u32, String> = cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .nodes
+            .iter()
+            .map(|n| (n.id, n.addr()))
+            .collect();
+        let (h, b, t, timeout) = (
+            history.clone(),
+            bootstrap.clone(),
+            plan.topic.name.clone(),
+            plan.drain_timeout,
+        );
+        tokio::task::spawn_blocking(move || {
+            crate::workload::replicas::read_replicas(&b, &nodes, &t, &high, timeout, &h)
+        })
+        .await
+        .map_err(|e| Error::Harness(e.to_string()))?;
+    }
     let drain_s = drain_start.elapsed().as_secs_f64();
     watcher.abort();
     {

@@ -68,7 +68,7 @@ pub struct Conflict {
     pub offset: i64,
     pub first: Value,
     pub second: Value,
-    /// Where the second value was seen: ack, deliver or drain.
+    /// Where the second value was seen: ack, deliver, drain or replica read.
     pub seen_in: &'static str,
 }
 
@@ -302,6 +302,17 @@ impl Facts {
                 value,
             } => self.on_drain(&value, partition, offset),
             EventKind::Commit { partition, offset } => self.on_commit(partition, offset),
+            EventKind::ReplicaRead {
+                partition,
+                offset,
+                value,
+                ..
+            } => {
+                // Only compared: a replica's copy never makes a value present.
+                self.tick();
+                let v = self.value(&value);
+                self.see(partition, offset, v, "replica read");
+            }
             other => {
                 self.tick();
                 match other {

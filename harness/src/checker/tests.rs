@@ -419,3 +419,38 @@ proptest! {
         prop_assert_eq!(o.stats.acked, sends.len() as u64);
     }
 }
+
+#[test]
+fn replica_reads_are_compared_but_never_make_a_value_present() {
+    let mut h = H::new(5);
+    h.ok("p0-0", 0, 0).ok("p0-1", 0, 1);
+    h.drain("p0-0", 0, 0);
+    let replica = |h: &mut H, node: i32, v: &str, offset: i64| {
+        h.ev(
+            "replicas",
+            EventKind::ReplicaRead {
+                node,
+                partition: 0,
+                offset,
+                value: v.into(),
+            },
+        );
+    };
+    replica(&mut h, 2, "p0-0", 0);
+    // A follower holding the lost value does not rescue it...
+    replica(&mut h, 3, "p0-1", 1);
+    let o = h.done();
+    only(&o, Anomaly::Lost, 1);
+    // ...and a follower that disagrees with the drain is caught.
+    let mut h = H::new(5);
+    h.ok("p0-0", 0, 0).ok("p0-1", 0, 1);
+    h.drain("p0-0", 0, 0).drain("p0-1", 0, 1);
+    replica(&mut h, 2, "p0-0", 0);
+    replica(&mut h, 3, "p0-0", 1);
+    let o = h.done();
+    only(&o, Anomaly::InconsistentOffset, 1);
+    assert_eq!(
+        o.examples[&Anomaly::InconsistentOffset][0],
+        "0/1: p0-1 then p0-0 (in replica read)"
+    );
+}

@@ -99,6 +99,14 @@ pub enum EventKind {
         high_watermarks: BTreeMap<String, i64>,
         error: Option<String>,
     },
+    /// A message read from one replica (node) after the drain, below the
+    /// drain's high watermark (builtin broker: Kafka's debugging replica id).
+    ReplicaRead {
+        node: i32,
+        partition: i32,
+        offset: i64,
+        value: String,
+    },
     /// The leader of a partition changed, as Metadata reports it (-1: none).
     Leader { partition: i32, leader: i32 },
     /// Anything the harness itself wants on record.

@@ -12,14 +12,15 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use super::value_of;
 use crate::history::{EventKind, History};
 
-/// Reads everything; returns whether every partition reached its high watermark.
+/// Reads everything; returns the high watermarks when every partition
+/// reached its own (None: the drain did not finish).
 pub fn drain(
     bootstrap: &str,
     topic: &str,
     partitions: i32,
     timeout: Duration,
     history: &History,
-) -> bool {
+) -> Option<BTreeMap<i32, i64>> {
     let deadline = Instant::now() + timeout;
     let result = (|| -> Result<BTreeMap<i32, i64>, String> {
         let c: BaseConsumer = ClientConfig::new()
@@ -81,16 +82,16 @@ pub fn drain(
     })();
     match result {
         Ok(high) => {
-            let high = high.into_iter().map(|(p, h)| (p.to_string(), h)).collect();
+            let named = high.iter().map(|(p, h)| (p.to_string(), *h)).collect();
             history.record(
                 "drain",
                 EventKind::DrainEnd {
                     complete: true,
-                    high_watermarks: high,
+                    high_watermarks: named,
                     error: None,
                 },
             );
-            true
+            Some(high)
         }
         Err(e) => {
             history.record(
@@ -101,7 +102,7 @@ pub fn drain(
                     error: Some(e),
                 },
             );
-            false
+            None
         }
     }
 }

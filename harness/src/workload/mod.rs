@@ -7,6 +7,7 @@
 pub mod consumer;
 pub mod drain;
 pub mod producer;
+pub mod replicas;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
