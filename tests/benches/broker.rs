@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo bench -p unlost-tests --bench broker`
 //! Env: BENCH_MESSAGES (default 1,000,000 for async flush; a fifth of it
-//! for flush always), BENCH_FILTER (substring of scenario names).
+//! for flush always), BENCH_FILTER (substring of scenario names, or
+//! "failover"), BENCH_FAILOVERS (leader kills timed, default 10).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use unlost_tests::BrokerProcess;
+use unlost_tests::{partitions, BrokerProcess, Cluster, KafkaConn};
 
 #[derive(Default)]
 struct Counts {
@@ -44,6 +45,8 @@ struct Scenario {
     /// its own fsync unless group commit shares it.
     unbatched: bool,
     partitions: i32,
+    /// Brokers in the cluster (replication factor = nodes).
+    nodes: usize,
 }
 
 /// Sends `count` messages of `size` bytes from one producer; returns acked.
@@ -141,6 +144,7 @@ fn main() {
             producers: 1,
             unbatched: false,
             partitions: 8,
+            nodes: 1,
         },
         Scenario {
             name: "1KiB acks=1 flush=ms:1000 1 producer",
@@ -150,6 +154,7 @@ fn main() {
             producers: 1,
             unbatched: false,
             partitions: 8,
+            nodes: 1,
         },
         Scenario {
             name: "100B acks=all flush=always 1 producer",
@@ -159,6 +164,7 @@ fn main() {
             producers: 1,
             unbatched: false,
             partitions: 8,
+            nodes: 1,
         },
         Scenario {
             name: "100B acks=all flush=always 8 producers",
@@ -168,6 +174,7 @@ fn main() {
             producers: 8,
             unbatched: false,
             partitions: 8,
+            nodes: 1,
         },
         Scenario {
             name: "1KiB acks=all flush=always 1 producer",
@@ -177,6 +184,7 @@ fn main() {
             producers: 1,
             unbatched: false,
             partitions: 8,
+            nodes: 1,
         },
         Scenario {
             name: "1KiB acks=all flush=always 8 producers",
@@ -186,6 +194,7 @@ fn main() {
             producers: 8,
             unbatched: false,
             partitions: 8,
+            nodes: 1,
         },
         Scenario {
             name: "100B acks=all flush=always 8 unbatched 8 parts",
@@ -195,6 +204,7 @@ fn main() {
             producers: 8,
             unbatched: true,
             partitions: 8,
+            nodes: 1,
         },
         Scenario {
             name: "100B acks=all flush=always 8 unbatched 1 part",
@@ -204,6 +214,7 @@ fn main() {
             producers: 8,
             unbatched: true,
             partitions: 1,
+            nodes: 1,
         },
         Scenario {
             name: "100B acks=all flush=ms:1000 8 unbatched 8 parts",
@@ -213,6 +224,47 @@ fn main() {
             producers: 8,
             unbatched: true,
             partitions: 8,
+            nodes: 1,
+        },
+        Scenario {
+            name: "3 nodes RF3 100B acks=1 flush=ms:1000 1 producer",
+            size: 100,
+            acks: "1",
+            flush: "ms:1000",
+            producers: 1,
+            unbatched: false,
+            partitions: 8,
+            nodes: 3,
+        },
+        Scenario {
+            name: "3 nodes RF3 100B acks=all flush=ms:1000 1 producer",
+            size: 100,
+            acks: "all",
+            flush: "ms:1000",
+            producers: 1,
+            unbatched: false,
+            partitions: 8,
+            nodes: 3,
+        },
+        Scenario {
+            name: "3 nodes RF3 100B acks=1 flush=always 1 producer",
+            size: 100,
+            acks: "1",
+            flush: "always",
+            producers: 1,
+            unbatched: false,
+            partitions: 8,
+            nodes: 3,
+        },
+        Scenario {
+            name: "3 nodes RF3 100B acks=all flush=always 1 producer",
+            size: 100,
+            acks: "all",
+            flush: "always",
+            producers: 1,
+            unbatched: false,
+            partitions: 8,
+            nodes: 3,
         },
     ];
     println!(
@@ -224,7 +276,7 @@ fn main() {
         fsync_ms()
     );
     println!(
-        "{:<48} {:>10} {:>12} {:>9} {:>14}",
+        "{:<52} {:>10} {:>12} {:>9} {:>14}",
         "scenario", "messages", "msgs/s", "MB/s", "consume msgs/s"
     );
     for s in scenarios.iter().filter(|s| s.name.contains(&filter)) {
@@ -235,8 +287,17 @@ fn main() {
             _ => base,
         };
         let parts = partitions.to_string();
-        let broker = BrokerProcess::start(&["--flush", s.flush, "--default-partitions", &parts]);
-        let bootstrap = broker.bootstrap();
+        let flags = ["--flush", s.flush, "--default-partitions", &parts];
+        // Keep the processes alive for the scenario.
+        let (_single, _cluster, bootstrap) = if s.nodes == 1 {
+            let b = BrokerProcess::start(&flags);
+            let addr = b.bootstrap();
+            (Some(b), None, addr)
+        } else {
+            let c = Cluster::start(s.nodes, &flags);
+            let addr = c.bootstrap();
+            (None, Some(c), addr)
+        };
         let topic = "bench";
         // Create the topic (auto-create on metadata) before timing.
         produce(&bootstrap, topic, "1", 10, 8, partitions, false);
@@ -261,7 +322,7 @@ fn main() {
         let read = consume(&bootstrap, topic, partitions, ok + 8);
         let csecs = start.elapsed().as_secs_f64();
         println!(
-            "{:<48} {:>10} {:>12.0} {:>9.1} {:>14.0}{}",
+            "{:<52} {:>10} {:>12.0} {:>9.1} {:>14.0}{}",
             s.name,
             ok,
             ok as f64 / secs,
@@ -274,6 +335,84 @@ fn main() {
             }
         );
     }
+    if "failover".contains(&filter) || filter.is_empty() {
+        let rounds: usize = std::env::var("BENCH_FAILOVERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        let mut t = failover_times(rounds);
+        t.sort();
+        println!(
+            "failover (3 nodes, SIGKILL of the leader to the first acks=all produce on the new one): median {:.2} s, min {:.2} s, max {:.2} s over {rounds}",
+            t[t.len() / 2].as_secs_f64(),
+            t[0].as_secs_f64(),
+            t[t.len() - 1].as_secs_f64()
+        );
+    }
+}
+
+/// Time from SIGKILL of a partition leader to the first acks=all produce
+/// the new leader accepts (3 brokers, RF 3, flush always; raw requests sent
+/// every 20 ms to every live broker, so client metadata refresh is not
+/// counted). Returns each round's time.
+fn failover_times(rounds: usize) -> Vec<Duration> {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let mut c = Cluster::start(3, &["--flush", "always"]);
+    produce(&c.bootstrap(), "failover", "all", 10, 10, 1, false);
+    let produce_one = |addr: std::net::SocketAddr| -> bool {
+        let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+        else {
+            return false;
+        };
+        drop(stream);
+        let mut conn = KafkaConn::connect(addr);
+        let batch = unlost_broker::storage::batch::build(0, &[b"failover"], 1);
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(1000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("failover")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(bytes::Bytes::from(batch)))])]);
+        let r: Result<ProduceResponse, _> = conn.call(ApiKey::Produce, 7, &req);
+        r.is_ok_and(|r| r.responses[0].partition_responses[0].error_code == 0)
+    };
+    let mut times = Vec::new();
+    for _ in 0..rounds {
+        let leader = partitions(c.any_running(), "failover")[0].leader;
+        let others: Vec<std::net::SocketAddr> = (1..=3)
+            .filter(|&i| i != leader)
+            .map(|i| c.broker(i).addr)
+            .collect();
+        let start = Instant::now();
+        c.broker(leader).kill();
+        'wait: loop {
+            for &a in &others {
+                if produce_one(a) {
+                    break 'wait;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no new leader in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        times.push(start.elapsed());
+        c.restart(leader);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while partitions(c.any_running(), "failover")[0].isr.len() < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "killed leader did not rejoin the ISR"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    times
 }
 
 /// Median latency of append + fdatasync where the brokers keep their data.

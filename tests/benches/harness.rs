@@ -1,23 +1,24 @@
 //! Workload driver benchmark: the highest acknowledged msgs/s the harness
-//! sustains against the builtin broker at acks=1, with every attempt
+//! sustains against a builtin cluster at acks=1, with every attempt
 //! recorded in the history, with and without the lazy filesystem.
 //! Prints figures; asserts nothing about speed.
 //!
 //! Run: `cargo bench -p unlost-tests --bench harness`
-//! Env: DRIVER_RATE (offered msgs/s, default 200000), DRIVER_SECONDS (15).
+//! Env: DRIVER_RATE (offered msgs/s, default 200000), DRIVER_SECONDS (15),
+//! DRIVER_NODES (3; replication factor the same).
 
 use std::process::Command;
 
 use unlost_tests::binary;
 
 /// One run: (acked msgs/s, acked, history MiB, check seconds).
-fn run(rate: u64, secs: u64, flush: &str, lazyfs: bool) -> (f64, f64, f64, f64) {
+fn run(nodes: u32, rate: u64, secs: u64, flush: &str, lazyfs: bool) -> (f64, f64, f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let plan = dir.path().join("driver.yaml");
     std::fs::write(
         &plan,
         format!(
-            "name: driver-bench\nduration: {secs}s\ncluster: {{ broker: builtin, nodes: 1, settings: {{ flush: \"{flush}\" }} }}\ntopic: {{ partitions: 8, replication_factor: 1 }}\nproducers: {{ count: 4, rate: {rate}/s, acks: 1, size: 64..128 }}\nstorage: {{ lazyfs: {lazyfs} }}\n"
+            "name: driver-bench\nduration: {secs}s\ncluster: {{ broker: builtin, nodes: {nodes}, settings: {{ flush: \"{flush}\" }} }}\ntopic: {{ partitions: 8, replication_factor: {nodes} }}\nproducers: {{ count: 4, rate: {rate}/s, acks: 1, size: 64..128 }}\nstorage: {{ lazyfs: {lazyfs} }}\n"
         ),
     )
     .unwrap();
@@ -67,7 +68,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(15);
-    println!("unlost driver benchmark: 1 builtin node (own network namespace), 4 producers, 8 partitions, acks=1, offered {rate} msgs/s for {secs}s");
+    let nodes: u32 = std::env::var("DRIVER_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    println!("unlost driver benchmark: {nodes} builtin nodes (each in its own network namespace), replication factor {nodes}, 4 producers, 8 partitions, acks=1, offered {rate} msgs/s for {secs}s");
     println!(
         "{:<10}{:<9}{:>16}{:>12}{:>14}{:>10}",
         "flush", "lazyfs", "acked msgs/s", "acked", "history MiB", "check s"
@@ -78,7 +83,7 @@ fn main() {
         ("always", false),
         ("always", true),
     ] {
-        let (per_s, acked, mib, check) = run(rate, secs, flush, lazyfs);
+        let (per_s, acked, mib, check) = run(nodes, rate, secs, flush, lazyfs);
         println!(
             "{flush:<10}{:<9}{per_s:>16.0}{acked:>12.0}{mib:>14.0}{check:>10.2}",
             if lazyfs { "yes" } else { "no" }
