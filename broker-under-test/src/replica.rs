@@ -264,10 +264,24 @@ async fn fetcher(broker: Arc<Broker>, p: Arc<Partition>) {
             }
         }
         let (_, c) = client.as_mut().expect("connected");
-        let step = if truncated {
-            fetch_once(&p, c, me, epoch).await
-        } else {
-            truncate(&p, c, me, epoch).await
+        // A new leadership interrupts a request in flight: the old leader
+        // may be unreachable, and waiting out its timeout would keep this
+        // replica out of the new leader's ISR.
+        let mut role = p.watch();
+        let moved = role.wait_for(|pr| pr.leader_epoch != epoch || pr.is_leader);
+        let step = tokio::select! {
+            r = async {
+                if truncated {
+                    fetch_once(&p, c, me, epoch).await
+                } else {
+                    truncate(&p, c, me, epoch).await
+                }
+            } => Some(r),
+            _ = moved => None,
+        };
+        let Some(step) = step else {
+            client = None;
+            continue;
         };
         if let Err(e) = step {
             tracing::debug!(topic = %p.topic, partition = p.index, leader, "fetcher: {e}");
@@ -336,6 +350,12 @@ async fn truncate(p: &Partition, c: &mut Client, me: i32, epoch: i32) -> Result<
 /// One fetch from the leader: append what it sends, then (with `--flush
 /// always`) fsync before the next fetch reports the new log end.
 async fn fetch_once(p: &Partition, c: &mut Client, me: i32, epoch: i32) -> Result<(), String> {
+    if p.policy() == FlushPolicy::Always {
+        // The offset asked for tells the leader what this replica holds:
+        // with flush always it must be on disk first (also after a fetch
+        // that was interrupted between its append and its fsync).
+        p.flush().await?;
+    }
     let (_, end) = p.bounds();
     let req = FetchRequest::default()
         .with_replica_id(BrokerId(me))

@@ -341,7 +341,7 @@ impl Cluster {
             })
             .collect();
         for b in &brokers {
-            b.wait_log(REGISTERED, 1, Duration::from_secs(30));
+            b.wait_log(REGISTERED, 1, Duration::from_secs(60));
         }
         Cluster { brokers, _tmp: tmp }
     }
@@ -365,7 +365,7 @@ impl Cluster {
         let b = self.broker(id);
         let before = b.log_text().matches(REGISTERED).count();
         b.restart();
-        b.wait_log(REGISTERED, before + 1, Duration::from_secs(30));
+        b.wait_log(REGISTERED, before + 1, Duration::from_secs(60));
     }
 
     /// A running broker's address.
