@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::checker::{self, Facts, Outcome};
-use crate::cluster::{kafka, Cluster};
+use crate::cluster::{Cluster, Driver};
 use crate::error::Error;
 use crate::history::{EventKind, History};
 use crate::nemesis::{schedule, Nemesis};
@@ -21,7 +21,7 @@ use crate::plan::Plan;
 use crate::report::{self, Timings};
 use crate::workload::consumer::{self, ConsumerJob, Consumers};
 use crate::workload::producer::{self, ProducerJob};
-use crate::workload::{drain, Status};
+use crate::workload::Status;
 
 /// Options of one run beyond the plan.
 #[derive(Debug, Clone, Default)]
@@ -167,12 +167,14 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
         .await
         .map_err(|e| Error::Harness(e.to_string()))??;
     let bootstrap = cluster.bootstrap();
+    let driver = cluster.driver();
     let cluster = Arc::new(Mutex::new(cluster));
-    kafka::create_topic(&bootstrap, &plan.topic)
+    driver
+        .create_topic(&plan.topic)
         .await
         .map_err(Error::Cluster)?;
     wait_for_leaders(
-        &bootstrap,
+        &driver,
         &plan.topic.name,
         plan.topic.partitions,
         Duration::from_secs(30),
@@ -182,7 +184,7 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
 
     // Leader changes, as clients see them, for the record and the report.
     let watcher = tokio::spawn(watch_leaders(
-        bootstrap.clone(),
+        driver.clone(),
         plan.topic.name.clone(),
         history.clone(),
     ));
@@ -198,6 +200,7 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
             topic: plan.topic.name.clone(),
             partitions: plan.topic.partitions,
             bootstrap: bootstrap.clone(),
+            protocol: driver.protocol,
             seed,
             history: history.clone(),
             status: status.clone(),
@@ -261,7 +264,7 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
     fault_result?;
     heal_result?;
     wait_for_leaders(
-        &bootstrap,
+        &driver,
         &plan.topic.name,
         plan.topic.partitions,
         Duration::from_secs(30),
@@ -276,14 +279,14 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
     }
     let heal_s = heal_start.elapsed().as_secs_f64();
     let drain_start = Instant::now();
-    let (h, b, t, n, timeout) = (
+    let (h, d, t, n, timeout) = (
         history.clone(),
-        bootstrap.clone(),
+        driver.clone(),
         plan.topic.name.clone(),
         plan.topic.partitions,
         plan.drain_timeout,
     );
-    let high = tokio::task::spawn_blocking(move || drain::drain(&b, &t, n, timeout, &h))
+    let high = tokio::task::spawn_blocking(move || d.drain(&t, n, timeout, &h))
         .await
         .map_err(|e| Error::Harness(e.to_string()))?;
     // The builtin broker lets every replica be read: prove they agree.
@@ -345,12 +348,12 @@ pub fn check_dir(dir: &Path, plan: &Plan) -> Result<(Outcome, Facts), Error> {
 }
 
 /// Records every change of a partition's leader (polled every 500 ms).
-async fn watch_leaders(bootstrap: String, topic: String, history: History) {
+async fn watch_leaders(driver: Driver, topic: String, history: History) {
     let mut known: std::collections::BTreeMap<i32, i32> = std::collections::BTreeMap::new();
     loop {
-        let (b, t) = (bootstrap.clone(), topic.clone());
+        let (d, t) = (driver.clone(), topic.clone());
         if let Ok(Ok(layout)) =
-            tokio::task::spawn_blocking(move || kafka::layout(&b, &t, Duration::from_secs(2))).await
+            tokio::task::spawn_blocking(move || d.layout(&t, Duration::from_secs(2))).await
         {
             for (p, l) in layout.leaders {
                 if known.insert(p, l) != Some(l) {
@@ -369,16 +372,15 @@ async fn watch_leaders(bootstrap: String, topic: String, history: History) {
 }
 
 async fn wait_for_leaders(
-    bootstrap: &str,
+    driver: &Driver,
     topic: &str,
     partitions: i32,
     timeout: Duration,
 ) -> Result<(), Error> {
     let deadline = Instant::now() + timeout;
     loop {
-        let (b, t) = (bootstrap.to_string(), topic.to_string());
-        let layout =
-            tokio::task::spawn_blocking(move || kafka::layout(&b, &t, Duration::from_secs(3)))
+        let (d, t) = (driver.clone(), topic.to_string());
+        let layout = tokio::task::spawn_blocking(move || d.layout(&t, Duration::from_secs(3)))
                 .await
                 .map_err(|e| Error::Harness(e.to_string()))?;
         let last_error = match layout {

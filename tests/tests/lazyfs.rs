@@ -80,6 +80,26 @@ fn unsynced_writes_vanish_and_synced_ones_survive_power_loss() {
             names.contains(&"d".to_string()) && names.contains(&"new.txt".to_string()),
             "{names:?}"
         );
+        // O_SYNC / O_DSYNC handles write through: nats-server writes its
+        // metadata this way, without fsync.
+        use std::os::unix::fs::OpenOptionsExt;
+        for (name, flag) in [("osync", nix::libc::O_SYNC), ("odsync", nix::libc::O_DSYNC)] {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .custom_flags(flag)
+                .open(mnt.join(name))
+                .unwrap();
+            f.write_all(b"written through").unwrap();
+            drop(f);
+            control.power_loss(None).unwrap();
+            assert_eq!(
+                std::fs::read(mnt.join(name)).unwrap(),
+                b"written through",
+                "{name}"
+            );
+        }
     });
 }
 

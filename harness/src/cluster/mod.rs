@@ -7,6 +7,7 @@
 //! `nodes/<id>.log`; data lives in `nodes/<id>/data`.
 
 pub mod kafka;
+pub mod nats;
 pub mod spawn;
 
 use std::path::{Path, PathBuf};
@@ -19,14 +20,26 @@ use nix::unistd::Pid;
 use crate::error::Error;
 use crate::plan::{BrokerKind, ClusterSpec, Readiness};
 
+/// The client protocol a cluster speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Kafka,
+    Nats,
+}
+
 /// How one node is started and judged ready.
 #[derive(Debug, Clone)]
 pub struct NodeRecipe {
     /// argv with placeholders {id} {host} {port} {data_dir} {peers}
-    /// {peer_port} {peer_addrs}.
+    /// {peer_port} {peer_addrs} {config}.
     pub command: Vec<String>,
+    /// A config file written for each node (same placeholders, and
+    /// {peer_routes}: `nats://host:peer_port` of the other nodes); its path
+    /// is {config}.
+    pub config: Option<String>,
     pub ready: Readiness,
     pub ready_timeout: Duration,
+    pub protocol: Protocol,
 }
 
 /// Where the builtin broker binary is: $UNLOST_BROKER_BIN, next to this
@@ -71,10 +84,23 @@ impl NodeRecipe {
                 }
                 Ok(NodeRecipe {
                     command,
+                    config: None,
                     ready: Readiness::KafkaMetadata,
                     ready_timeout: Duration::from_secs(30),
+                    protocol: Protocol::Kafka,
                 })
             }
+            BrokerKind::Nats => Ok(NodeRecipe {
+                command: vec![
+                    nats::server_binary()?.display().to_string(),
+                    "-c".into(),
+                    "{config}".into(),
+                ],
+                config: Some(nats::config_template(spec)),
+                ready: Readiness::Tcp,
+                ready_timeout: Duration::from_secs(30),
+                protocol: Protocol::Nats,
+            }),
             BrokerKind::Custom => {
                 let r = spec
                     .recipe
@@ -82,8 +108,10 @@ impl NodeRecipe {
                     .ok_or_else(|| Error::Usage("custom broker without a recipe".into()))?;
                 Ok(NodeRecipe {
                     command: r.command.clone(),
+                    config: None,
                     ready: r.ready,
                     ready_timeout: r.ready_timeout,
+                    protocol: Protocol::Kafka,
                 })
             }
         }
@@ -199,6 +227,14 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The client side of this cluster's protocol.
+    pub fn driver(&self) -> Driver {
+        Driver {
+            protocol: self.recipe.protocol,
+            bootstrap: self.bootstrap(),
+        }
+    }
+
     /// Every node's `host:port`, comma-separated.
     pub fn bootstrap(&self) -> String {
         self.nodes
@@ -233,8 +269,22 @@ impl Cluster {
             .iter()
             .find(|n| n.id == id)
             .ok_or_else(|| Error::Harness(format!("no node {id}")))?;
+        let peer_routes = self
+            .nodes
+            .iter()
+            .filter(|m| m.id != id)
+            .map(|m| format!("nats://{}:{}", m.host, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let config_path = n
+            .data_dir
+            .parent()
+            .unwrap_or(&n.data_dir)
+            .join("node.conf");
         let fill = |s: &str| {
             s.replace("{id}", &id.to_string())
+                .replace("{config}", &config_path.display().to_string())
+                .replace("{peer_routes}", &peer_routes)
                 .replace("{host}", &n.host)
                 .replace("{port}", &n.port.to_string())
                 .replace("{data_dir}", &n.data_dir.display().to_string())
@@ -243,6 +293,11 @@ impl Cluster {
                 .replace("{peer_addrs}", &peer_addrs)
         };
         let argv: Vec<String> = self.recipe.command.iter().map(|a| fill(a)).collect();
+        if let Some(template) = &self.recipe.config {
+            std::fs::write(&config_path, fill(template)).map_err(|e| {
+                Error::Harness(format!("write {}: {e}", config_path.display()))
+            })?;
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -394,9 +449,22 @@ impl Cluster {
         self.restart(id)
     }
 
+    /// Restarts a node; a node that exits while starting (it cannot
+    /// recover its data, say) is a finding, not a harness failure: it stays
+    /// down and the reason is returned.
+    pub fn restart_or_report(&mut self, id: u32) -> Result<Option<String>, Error> {
+        match self.restart(id) {
+            Ok(()) => Ok(None),
+            Err(e) if self.node(id)?.state == NodeState::Down => Ok(Some(e.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Resumes paused nodes, restarts stopped ones, and waits until every
-    /// node is ready (end-of-run heal).
-    pub fn heal(&mut self) -> Result<(), Error> {
+    /// running node is ready (end-of-run heal). Returns why nodes that
+    /// could not start again stayed down.
+    pub fn heal(&mut self) -> Result<Vec<String>, Error> {
+        let mut down = Vec::new();
         let ids: Vec<u32> = self.nodes.iter().map(|n| n.id).collect();
         for id in ids {
             self.resume(id)?;
@@ -406,14 +474,24 @@ impl Cluster {
                 n.child = None;
                 n.state = NodeState::Down;
             }
-            self.restart(id)?;
+            if let Some(why) = self.restart_or_report(id)? {
+                down.push(why);
+            }
         }
         // Now that every node runs, each must become ready again.
         for n in 0..self.nodes.len() {
             let id = self.nodes[n].id;
-            self.wait_ready(id)?;
+            if self.nodes[n].state == NodeState::Down {
+                continue;
+            }
+            if let Err(e) = self.wait_ready(id) {
+                if self.node(id)?.state != NodeState::Down {
+                    return Err(e);
+                }
+                down.push(e.to_string());
+            }
         }
-        Ok(())
+        Ok(down)
     }
 
     /// Kills every node and unmounts its lazy filesystem (also on drop).
@@ -565,4 +643,68 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The client side of a cluster: what the run, the nemesis and the drain
+/// ask of it, in its own protocol (Kafka: Metadata, CreateTopics, a
+/// consumer; NATS: stream info, stream creation, a JetStream consumer).
+#[derive(Debug, Clone)]
+pub struct Driver {
+    pub protocol: Protocol,
+    pub bootstrap: String,
+}
+
+impl Driver {
+    /// Creates the topic (Kafka) or stream (NATS); an existing one is fine.
+    pub async fn create_topic(&self, spec: &crate::plan::TopicSpec) -> Result<(), String> {
+        match self.protocol {
+            Protocol::Kafka => kafka::create_topic(&self.bootstrap, spec).await,
+            Protocol::Nats => nats::create_stream(&self.bootstrap, spec).await,
+        }
+    }
+
+    /// Leaders and replicas. Blocking: call from a blocking thread.
+    pub fn layout(&self, topic: &str, timeout: Duration) -> Result<kafka::TopicLayout, String> {
+        match self.protocol {
+            Protocol::Kafka => kafka::layout(&self.bootstrap, topic, timeout),
+            Protocol::Nats => tokio::runtime::Handle::current().block_on(async {
+                tokio::time::timeout(timeout, nats::layout(&self.bootstrap, topic))
+                    .await
+                    .map_err(|_| format!("no stream info within {timeout:?}"))?
+            }),
+        }
+    }
+
+    /// The final drain; the high watermarks when it finished. Blocking.
+    pub fn drain(
+        &self,
+        topic: &str,
+        partitions: i32,
+        timeout: Duration,
+        history: &crate::history::History,
+    ) -> Option<std::collections::BTreeMap<i32, i64>> {
+        use crate::history::EventKind;
+        match self.protocol {
+            Protocol::Kafka => {
+                crate::workload::drain::drain(&self.bootstrap, topic, partitions, timeout, history)
+            }
+            Protocol::Nats => {
+                let result = tokio::runtime::Handle::current()
+                    .block_on(nats::drain(&self.bootstrap, topic, timeout, history));
+                let (complete, high, error) = match &result {
+                    Ok(h) => (true, h.clone(), None),
+                    Err(e) => (false, Default::default(), Some(e.clone())),
+                };
+                history.record(
+                    "drain",
+                    EventKind::DrainEnd {
+                        complete,
+                        high_watermarks: high.iter().map(|(p, h)| (p.to_string(), *h)).collect(),
+                        error,
+                    },
+                );
+                result.ok()
+            }
+        }
+    }
 }

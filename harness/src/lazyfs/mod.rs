@@ -48,6 +48,8 @@ struct State {
     next_ino: u64,
     pending: HashMap<u64, Pending>,
     handles: HashMap<u64, (u64, File)>,
+    /// Handles opened with O_SYNC or O_DSYNC: each write is durable at once.
+    sync_handles: std::collections::HashSet<u64>,
     next_fh: u64,
     disk_error: Option<DiskError>,
 }
@@ -185,6 +187,14 @@ impl LazyFs {
         let fh = st.next_fh;
         st.handles.insert(fh, (ino, f));
         Ok(fh)
+    }
+
+    /// Remembers a handle opened with O_SYNC or O_DSYNC (O_SYNC includes
+    /// the O_DSYNC bit on Linux).
+    fn note_sync_flag(&self, fh: u64, flags: i32) {
+        if flags & nix::libc::O_DSYNC != 0 {
+            lock(&self.state).sync_handles.insert(fh);
+        }
     }
 }
 
@@ -352,12 +362,15 @@ impl Filesystem for LazyFs {
         reply.ok()
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let Some(rel) = lock(&self.state).rel(ino) else {
             return reply.error(Errno::ENOENT);
         };
         match self.open_handle(ino.0, &rel) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Ok(fh) => {
+                self.note_sync_flag(fh, flags.0);
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -404,7 +417,7 @@ impl Filesystem for LazyFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
@@ -417,6 +430,12 @@ impl Filesystem for LazyFs {
             return reply.error(Errno::EIO);
         }
         st.pending.entry(ino.0).or_default().write(offset, data);
+        if st.sync_handles.contains(&fh.0) {
+            // O_SYNC / O_DSYNC: the write returns once it is durable.
+            if let Err(e) = st.sync(&self.backing, ino.0) {
+                return reply.error(errno(&e));
+            }
+        }
         reply.written(data.len() as u32);
     }
 
@@ -442,7 +461,9 @@ impl Filesystem for LazyFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        lock(&self.state).handles.remove(&fh.0);
+        let mut st = lock(&self.state);
+        st.handles.remove(&fh.0);
+        st.sync_handles.remove(&fh.0);
         reply.ok();
     }
 
@@ -572,6 +593,7 @@ impl Filesystem for LazyFs {
             Ok(fh) => fh,
             Err(e) => return reply.error(errno(&e)),
         };
+        self.note_sync_flag(fh, flags);
         let st = lock(&self.state);
         match self.attr(&st, ino, &rel) {
             Ok(a) => reply.created(

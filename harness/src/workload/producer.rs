@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::Status;
 use crate::draw::Draw;
 use crate::history::{EventKind, History};
+use crate::cluster::Protocol;
 use crate::plan::{Keys, ProducerSpec};
 
 /// Whether an error proves the value was not written: only errors raised
@@ -45,6 +46,7 @@ pub struct ProducerJob {
     pub topic: String,
     pub partitions: i32,
     pub bootstrap: String,
+    pub protocol: Protocol,
     pub seed: u64,
     pub history: History,
     pub status: Arc<Status>,
@@ -78,9 +80,22 @@ fn client(job: &ProducerJob) -> Result<FutureProducer, String> {
         .map_err(|e| format!("producer {}: {e}", job.index))
 }
 
+/// A producer client in the cluster's protocol.
+#[derive(Clone)]
+enum Sender {
+    Kafka(Arc<FutureProducer>),
+    /// JetStream: idempotence is the Nats-Msg-Id header (the value).
+    Nats(async_nats::jetstream::Context),
+}
+
 /// Sends until `stop`, then waits for every outstanding attempt.
 pub async fn run(job: ProducerJob, mut stop: watch::Receiver<bool>) -> Result<(), String> {
-    let producer = Arc::new(client(&job)?);
+    let producer = match job.protocol {
+        Protocol::Kafka => Sender::Kafka(Arc::new(client(&job)?)),
+        Protocol::Nats => Sender::Nats(async_nats::jetstream::new(
+            crate::cluster::nats::connect(&job.bootstrap).await?,
+        )),
+    };
     let name = format!("p{}", job.index);
     let mut draw = Draw::new(job.seed, &name);
     let per_second = job.spec.rate / f64::from(job.spec.count.max(1));
@@ -135,7 +150,7 @@ enum Route {
 
 #[allow(clippy::too_many_arguments)]
 async fn send(
-    p: &FutureProducer,
+    p: &Sender,
     h: &History,
     st: &Status,
     spec: &ProducerSpec,
@@ -161,25 +176,14 @@ async fn send(
                 attempt,
             },
         );
-        let mut record = FutureRecord::to(topic).payload(&payload);
-        record = match &route {
-            Route::Partition(n) => record.partition(*n),
-            Route::Key(k) => record.key(k),
-        };
-        let outcome = match p.send_result::<String, Vec<u8>>(record) {
-            Err((e, _)) => Err((e, true)),
-            Ok(fut) => match tokio::time::timeout(wait, fut).await {
-                Ok(Ok(Ok(d))) => Ok((d.partition, d.offset)),
-                Ok(Ok(Err((e, _)))) => {
-                    let sure = definite(&e);
-                    Err((e, sure))
-                }
-                Ok(Err(_)) => Err((KafkaError::Canceled, false)),
-                Err(_) => Err((
-                    KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
-                    false,
-                )),
-            },
+        let outcome = match p {
+            Sender::Kafka(p) => kafka_attempt(p, topic, &payload, &route, wait).await,
+            Sender::Nats(js) => {
+                let id = spec.idempotent.then_some(value.as_str());
+                crate::cluster::nats::publish(js, topic, payload.clone(), id, wait)
+                    .await
+                    .map(|seq| (0, seq))
+            }
         };
         match outcome {
             Ok((partition, offset)) => {
@@ -200,7 +204,7 @@ async fn send(
                 EventKind::Fail {
                     value: value.clone(),
                     attempt,
-                    error: e.to_string(),
+                    error: e,
                 },
             ),
             Err((e, false)) => {
@@ -210,7 +214,7 @@ async fn send(
                     EventKind::Info {
                         value: value.clone(),
                         attempt,
-                        error: e.to_string(),
+                        error: e,
                     },
                 )
             }
@@ -223,5 +227,36 @@ async fn send(
         st.failed.fetch_add(1, Ordering::Relaxed);
     } else {
         st.indeterminate.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One Kafka send: (partition, offset), or the error and whether it is
+/// definite.
+async fn kafka_attempt(
+    p: &FutureProducer,
+    topic: &str,
+    payload: &[u8],
+    route: &Route,
+    wait: Duration,
+) -> Result<(i32, i64), (String, bool)> {
+    let mut record = FutureRecord::to(topic).payload(payload);
+    record = match route {
+        Route::Partition(n) => record.partition(*n),
+        Route::Key(k) => record.key(k),
+    };
+    match p.send_result::<String, [u8]>(record) {
+        Err((e, _)) => Err((e.to_string(), true)),
+        Ok(fut) => match tokio::time::timeout(wait, fut).await {
+            Ok(Ok(Ok(d))) => Ok((d.partition, d.offset)),
+            Ok(Ok(Err((e, _)))) => {
+                let sure = definite(&e);
+                Err((e.to_string(), sure))
+            }
+            Ok(Err(_)) => Err((KafkaError::Canceled.to_string(), false)),
+            Err(_) => Err((
+                KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut).to_string(),
+                false,
+            )),
+        },
     }
 }
