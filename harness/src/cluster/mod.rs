@@ -276,11 +276,7 @@ impl Cluster {
             .map(|m| format!("nats://{}:{}", m.host, m.peer_port))
             .collect::<Vec<_>>()
             .join(", ");
-        let config_path = n
-            .data_dir
-            .parent()
-            .unwrap_or(&n.data_dir)
-            .join("node.conf");
+        let config_path = n.data_dir.parent().unwrap_or(&n.data_dir).join("node.conf");
         let fill = |s: &str| {
             s.replace("{id}", &id.to_string())
                 .replace("{config}", &config_path.display().to_string())
@@ -294,9 +290,8 @@ impl Cluster {
         };
         let argv: Vec<String> = self.recipe.command.iter().map(|a| fill(a)).collect();
         if let Some(template) = &self.recipe.config {
-            std::fs::write(&config_path, fill(template)).map_err(|e| {
-                Error::Harness(format!("write {}: {e}", config_path.display()))
-            })?;
+            std::fs::write(&config_path, fill(template))
+                .map_err(|e| Error::Harness(format!("write {}: {e}", config_path.display())))?;
         }
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -689,8 +684,12 @@ impl Driver {
                 crate::workload::drain::drain(&self.bootstrap, topic, partitions, timeout, history)
             }
             Protocol::Nats => {
-                let result = tokio::runtime::Handle::current()
-                    .block_on(nats::drain(&self.bootstrap, topic, timeout, history));
+                let result = tokio::runtime::Handle::current().block_on(nats::drain(
+                    &self.bootstrap,
+                    topic,
+                    timeout,
+                    history,
+                ));
                 let (complete, high, error) = match &result {
                     Ok(h) => (true, h.clone(), None),
                     Err(e) => (false, Default::default(), Some(e.clone())),

@@ -139,7 +139,10 @@ pub async fn layout(bootstrap: &str, topic: &str) -> Result<TopicLayout, String>
     let (leader, mut replicas) = match &info.cluster {
         Some(c) => (
             c.leader.as_deref().map_or(-1, node_of),
-            c.replicas.iter().map(|p| node_of(&p.name)).collect::<Vec<_>>(),
+            c.replicas
+                .iter()
+                .map(|p| node_of(&p.name))
+                .collect::<Vec<_>>(),
         ),
         None => (-1, Vec::new()),
     };
@@ -189,6 +192,9 @@ pub async fn drain(
 ) -> Result<BTreeMap<i32, i64>, String> {
     let deadline = Instant::now() + timeout;
     let mut last_error = String::new();
+    // JetStream answering "stream not found" this long: the stream is gone.
+    let gone_after = (timeout / 3).max(Duration::from_secs(10));
+    let mut not_found_since: Option<Instant> = None;
     let (js, stream, last) = loop {
         if Instant::now() >= deadline {
             return Err(format!("stream info: {last_error}"));
@@ -201,11 +207,30 @@ pub async fn drain(
                         Ok(info) => break (js, s, info.state.last_sequence),
                         Err(e) => last_error = e.to_string(),
                     },
-                    Err(e) => last_error = e.to_string(),
+                    Err(e) => {
+                        last_error = e.to_string();
+                        if last_error.contains("stream not found") {
+                            let since = *not_found_since.get_or_insert_with(Instant::now);
+                            if since.elapsed() >= gone_after {
+                                history.record(
+                                    "drain",
+                                    EventKind::Note {
+                                        message: format!(
+                                            "stream {topic} does not exist any more ({last_error} for {gone_after:?}): it holds nothing"
+                                        ),
+                                    },
+                                );
+                                return Ok(BTreeMap::from([(0, 0)]));
+                            }
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue;
+                        }
+                    }
                 }
             }
             Err(e) => last_error = e,
         }
+        not_found_since = None;
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     drop(js);

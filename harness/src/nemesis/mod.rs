@@ -137,8 +137,7 @@ impl Nemesis {
                     .unwrap_or_else(|e| e.into_inner())
                     .driver();
                 let topic = self.topic.clone();
-                let layout =
-                    blocking(move || driver.layout(&topic, Duration::from_secs(5))).await;
+                let layout = blocking(move || driver.layout(&topic, Duration::from_secs(5))).await;
                 let leader = layout
                     .as_ref()
                     .ok()

@@ -574,18 +574,17 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
     const BUILTIN_SETTINGS: &str =
         "flush, segment_bytes, replica_lag_ms, broker_lease_ms, unclean_leader_election";
     let c = raw.cluster;
-    let broker =
-        match c.broker.as_deref().unwrap_or("builtin") {
-            "builtin" => BrokerKind::Builtin,
-            "custom" => BrokerKind::Custom,
-            "nats" => BrokerKind::Nats,
-            other => {
-                return Err(ctx.err(
-                    "cluster.broker",
-                    format!("unknown broker {other:?}: use builtin, nats or custom"),
-                ))
-            }
-        };
+    let broker = match c.broker.as_deref().unwrap_or("builtin") {
+        "builtin" => BrokerKind::Builtin,
+        "custom" => BrokerKind::Custom,
+        "nats" => BrokerKind::Nats,
+        other => {
+            return Err(ctx.err(
+                "cluster.broker",
+                format!("unknown broker {other:?}: use builtin, nats or custom"),
+            ))
+        }
+    };
     let nodes = c.nodes.unwrap_or(3);
     if !(1..=9).contains(&nodes) {
         return Err(ctx.err("cluster.nodes", format!("{nodes} nodes: use 1 to 9")));

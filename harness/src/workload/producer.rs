@@ -16,9 +16,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::Status;
+use crate::cluster::Protocol;
 use crate::draw::Draw;
 use crate::history::{EventKind, History};
-use crate::cluster::Protocol;
 use crate::plan::{Keys, ProducerSpec};
 
 /// Whether an error proves the value was not written: only errors raised
