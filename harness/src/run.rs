@@ -212,6 +212,7 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
         topic: plan.topic.name.clone(),
         partitions: plan.topic.partitions,
         bootstrap: bootstrap.clone(),
+        protocol: driver.protocol,
         history: history.clone(),
         status: status.clone(),
     };
@@ -271,7 +272,10 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
     )
     .await
     .ok();
-    if plan.consumers.count > 0 && plan.consumers.commit == crate::plan::CommitPolicy::Auto {
+    if plan.consumers.count > 0
+        && plan.consumers.commit == crate::plan::CommitPolicy::Auto
+        && driver.protocol == crate::cluster::Protocol::Kafka
+    {
         let job = consumer_job.clone();
         tokio::task::spawn_blocking(move || consumer::record_committed(&job))
             .await

@@ -572,7 +572,8 @@ fn a_kill_that_outlasts_the_run_is_healed_before_consumers_stop() {
 }
 
 /// Driver conformance: the same scenario (start 3 nodes, create the topic
-/// or stream, produce, kill the leader, heal, drain) through the
+/// or stream, produce, consume as a group, kill the leader, heal, drain)
+/// through the
 /// Kafka driver on the builtin broker and the NATS driver on nats-server;
 /// both must find the leader through their own protocol, record every
 /// attempt and lose nothing.
@@ -580,11 +581,15 @@ fn a_kill_that_outlasts_the_run_is_healed_before_consumers_stop() {
 fn drivers_conform_on_the_same_leader_kill_scenario() {
     for broker in ["builtin", "nats"] {
         let (o, dir, r, _out) = run_inline(&format!(
-            "name: conform-{broker}\nduration: 12s\ncluster: {{ broker: {broker}, nodes: 3 }}\ntopic: {{ partitions: 1, replication_factor: 3 }}\nproducers: {{ count: 2, rate: 300/s, retries: 2, timeout: 2s }}\nfaults:\n  - {{ every: 5s, start: 2s, for: 2s, kill: leader }}\nexpect: {{ lost: 0, duplicated: any, recovered: any }}\n"
+            "name: conform-{broker}\nduration: 12s\ncluster: {{ broker: {broker}, nodes: 3 }}\ntopic: {{ partitions: 1, replication_factor: 3 }}\nproducers: {{ count: 2, rate: 300/s, retries: 2, timeout: 2s }}\nconsumers: {{ count: 2, group: g, commit: after-process }}\nfaults:\n  - {{ every: 5s, start: 2s, for: 2s, kill: leader }}\nexpect: {{ lost: 0, duplicated: any, recovered: any, redelivered: any }}\n"
         ));
         assert_eq!(o.status.code(), Some(0), "{broker}: {}", show(&o));
         assert_eq!(count(&r, "lost"), 0, "{broker}");
         assert!(count(&r, "acked") > 1000, "{broker}: {r}");
+        assert!(
+            count(&r, "delivered") > 500,
+            "{broker}: the group consumed little: {r}"
+        );
         let history = std::fs::read_to_string(dir.join("history.jsonl")).unwrap();
         let kills: Vec<&str> = history
             .lines()

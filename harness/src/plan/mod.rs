@@ -860,12 +860,6 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
             ))
         }
     };
-    if broker == BrokerKind::Nats && cs.count.unwrap_or(0) > 0 {
-        return Err(ctx.err(
-            "consumers.count",
-            "consumers are not supported with broker nats yet (producers, faults and the drain are)",
-        ));
-    }
     let consumers = ConsumerSpec {
         count: cs.count.unwrap_or(0),
         group: cs.group.unwrap_or_else(|| "unlost".into()),

@@ -45,6 +45,7 @@ pub struct ConsumerJob {
     pub topic: String,
     pub partitions: i32,
     pub bootstrap: String,
+    pub protocol: crate::cluster::Protocol,
     pub history: History,
     pub status: Arc<Status>,
 }
@@ -159,6 +160,9 @@ fn member_client(job: &ConsumerJob, name: &str) -> Result<Member, String> {
 }
 
 fn member(i: u32, job: ConsumerJob, stop: Arc<AtomicBool>, crash: Arc<AtomicBool>) {
+    if job.protocol == crate::cluster::Protocol::Nats {
+        return nats_member(i, job, stop, crash);
+    }
     let mut incarnation = 0;
     while !stop.load(Ordering::SeqCst) {
         incarnation += 1;
@@ -309,6 +313,143 @@ pub fn record_committed(job: &ConsumerJob) {
                         offset: o,
                     },
                 );
+            }
+        }
+    }
+}
+
+/// A NATS consumer incarnation loop: members share one durable pull
+/// consumer (the group), so JetStream spreads messages over them and
+/// redelivers what is not acknowledged in time. Acknowledgement is per
+/// message: after-process acks after recording the batch, before-process
+/// (and auto) before; there is no committed offset, so `skipped` is not
+/// observed with NATS.
+fn nats_member(i: u32, job: ConsumerJob, stop: Arc<AtomicBool>, crash: Arc<AtomicBool>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            job.history.record(
+                "harness",
+                EventKind::Note {
+                    message: format!("consumer {i}: runtime: {e}"),
+                },
+            );
+            return;
+        }
+    };
+    let mut incarnation = 0;
+    while !stop.load(Ordering::SeqCst) {
+        incarnation += 1;
+        let name = format!("c{i}#{incarnation}");
+        job.history.record(&name, EventKind::ConsumerStart);
+        crash.store(false, Ordering::SeqCst);
+        match rt.block_on(nats_consume(&name, &job, &stop, &crash)) {
+            Ok(true) => job.history.record(&name, EventKind::ConsumerCrash),
+            Ok(false) => {}
+            Err(e) => {
+                job.history.record(&name, EventKind::Note { message: e });
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Returns true when the incarnation crashed, false when it was stopped.
+async fn nats_consume(
+    name: &str,
+    job: &ConsumerJob,
+    stop: &AtomicBool,
+    crash: &AtomicBool,
+) -> Result<bool, String> {
+    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    use futures::StreamExt;
+    let js = async_nats::jetstream::new(crate::cluster::nats::connect(&job.bootstrap).await?);
+    let stream = js
+        .get_stream(&job.topic)
+        .await
+        .map_err(|e| format!("stream {}: {e}", job.topic))?;
+    let consumer = stream
+        .get_or_create_consumer(
+            &job.spec.group,
+            pull::Config {
+                durable_name: Some(job.spec.group.clone()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(5),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("consumer {}: {e}", job.spec.group))?;
+    let ack_first = job.spec.commit != CommitPolicy::AfterProcess;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let mut messages = consumer
+            .batch()
+            .max_messages(BATCH)
+            .expires(Duration::from_millis(200))
+            .messages()
+            .await
+            .map_err(|e| format!("fetch: {e}"))?;
+        let mut batch = Vec::new();
+        while let Some(m) = messages.next().await {
+            let Ok(m) = m else { break };
+            let Ok((seq, delivered)) = m.info().map(|i| (i.stream_sequence, i.delivered)) else {
+                continue;
+            };
+            batch.push((seq as i64, delivered, value_of(Some(&m.payload)), m));
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        if ack_first {
+            for (_, _, _, m) in &batch {
+                let _ = m.ack().await;
+            }
+        }
+        // A crash lands mid-batch, as with Kafka consumers.
+        let mut crash_at = None;
+        let len = batch.len();
+        let mut done = Vec::new();
+        for (i, (seq, delivered, value, m)) in batch.into_iter().enumerate() {
+            if crash_at.is_none() && crash.load(Ordering::SeqCst) {
+                crash_at = Some(i + (len - i).div_ceil(2));
+            }
+            if crash_at == Some(i) {
+                return Ok(true);
+            }
+            if delivered > 1 {
+                // A redelivery (not acknowledged in time, or by a crashed
+                // member): this member's position legitimately moves back,
+                // as after a Kafka reassignment.
+                job.history.record(
+                    name,
+                    EventKind::Assign {
+                        partitions: vec![0],
+                    },
+                );
+            }
+            job.history.record(
+                name,
+                EventKind::Deliver {
+                    partition: 0,
+                    offset: seq,
+                    value,
+                },
+            );
+            job.status.delivered.fetch_add(1, Ordering::Relaxed);
+            done.push(m);
+        }
+        if crash_at.is_some() {
+            return Ok(true);
+        }
+        if !ack_first {
+            for m in &done {
+                let _ = m.ack().await;
             }
         }
     }

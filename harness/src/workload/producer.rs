@@ -85,16 +85,16 @@ fn client(job: &ProducerJob) -> Result<FutureProducer, String> {
 enum Sender {
     Kafka(Arc<FutureProducer>),
     /// JetStream: idempotence is the Nats-Msg-Id header (the value).
-    Nats(async_nats::jetstream::Context),
+    Nats(Box<async_nats::jetstream::Context>),
 }
 
 /// Sends until `stop`, then waits for every outstanding attempt.
 pub async fn run(job: ProducerJob, mut stop: watch::Receiver<bool>) -> Result<(), String> {
     let producer = match job.protocol {
         Protocol::Kafka => Sender::Kafka(Arc::new(client(&job)?)),
-        Protocol::Nats => Sender::Nats(async_nats::jetstream::new(
+        Protocol::Nats => Sender::Nats(Box::new(async_nats::jetstream::new(
             crate::cluster::nats::connect(&job.bootstrap).await?,
-        )),
+        ))),
     };
     let name = format!("p{}", job.index);
     let mut draw = Draw::new(job.seed, &name);
