@@ -414,47 +414,16 @@ pub fn partitions(addr: SocketAddr, topic: &str) -> Vec<PartitionInfo> {
     out
 }
 
-/// Everything one replica holds of a partition, offset -> value, read with
+/// Everything one replica holds of a partition, (offset, value), read with
 /// Kafka's debugging replica id (-2), which this broker serves from any
-/// replica up to its log end.
-pub fn replica_contents(addr: SocketAddr, topic: &str, partition: i32) -> Vec<(i64, Vec<u8>)> {
-    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-    use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
-    use kafka_protocol::records::RecordBatchDecoder;
-    let mut conn = KafkaConn::connect(addr);
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let req = FetchRequest::default()
-            .with_replica_id(BrokerId(-2))
-            .with_max_wait_ms(0)
-            .with_max_bytes(8 << 20)
-            .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(partition)
-                    .with_current_leader_epoch(-1)
-                    .with_fetch_offset(offset)
-                    .with_last_fetched_epoch(-1)
-                    .with_log_start_offset(-1)
-                    .with_partition_max_bytes(4 << 20)])]);
-        let resp: FetchResponse = conn.call(ApiKey::Fetch, 12, &req).expect("fetch");
-        let p = &resp.responses[0].partitions[0];
-        assert_eq!(
-            p.error_code, 0,
-            "replica fetch from {addr}: error {}",
-            p.error_code
-        );
-        let mut records = p.records.clone().unwrap_or_default();
-        if records.is_empty() {
-            return out;
-        }
-        for set in RecordBatchDecoder::decode_all(&mut records).expect("decode batches") {
-            for r in set.records {
-                offset = r.offset + 1;
-                out.push((r.offset, r.value.map(|v| v.to_vec()).unwrap_or_default()));
-            }
-        }
-    }
+/// replica up to its log end (the harness's own replica reader).
+pub fn replica_contents(addr: SocketAddr, topic: &str, partition: i32) -> Vec<(i64, String)> {
+    unlost::workload::replicas::read_replica(
+        &addr.to_string(),
+        topic,
+        partition,
+        i64::MAX,
+        Instant::now() + Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("read replica {addr}: {e}"))
 }

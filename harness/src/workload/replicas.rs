@@ -55,7 +55,7 @@ pub fn read_replicas(
             let Some(addr) = nodes.get(&(id as u32)) else {
                 continue;
             };
-            match read_one(addr, topic, partition, hw, deadline) {
+            match read_replica(addr, topic, partition, hw, deadline) {
                 Ok(records) => {
                     for (offset, value) in records {
                         history.record(
@@ -115,7 +115,9 @@ fn call<Req: Encodable, Resp: Decodable>(
     Resp::decode(&mut body, version).map_err(|e| e.to_string())
 }
 
-fn read_one(
+/// Everything one replica (the broker at `addr`) holds of a partition
+/// below `high`, offset and value.
+pub fn read_replica(
     addr: &str,
     topic: &str,
     partition: i32,

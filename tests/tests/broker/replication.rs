@@ -415,7 +415,7 @@ async fn divergent_replica_truncates_to_the_new_leader_after_an_unclean_election
     for a in strong.iter().chain(&fresh) {
         assert_eq!(
             contents[a.offset as usize],
-            (a.offset, a.value.as_bytes().to_vec()),
+            (a.offset, a.value.clone()),
             "offset {} on the truncated replica",
             a.offset
         );
