@@ -2,7 +2,8 @@
 //! invoke then ok (partition, offset), fail (definitely not written) or
 //! info (unknown). A failed attempt is resent, up to `retries` times, as a
 //! new attempt of the same value, so duplicates can be traced to retries.
-//! With idempotence on, librdkafka retries internally (one attempt each).
+//! With idempotence on, librdkafka retries internally (one attempt each);
+//! NATS resends keep the value as Nats-Msg-Id, so JetStream drops copies.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -160,7 +161,14 @@ async fn send(
     payload: Vec<u8>,
     route: Route,
 ) {
-    let attempts = if spec.idempotent { 1 } else { spec.retries + 1 };
+    // An idempotent librdkafka producer retries internally; the NATS
+    // client does not, and resends keep their Nats-Msg-Id.
+    let kafka = matches!(p, Sender::Kafka(_));
+    let attempts = if spec.idempotent && kafka {
+        1
+    } else {
+        spec.retries + 1
+    };
     // The delivery report comes by message.timeout.ms; allow slack beyond it.
     let wait = if spec.idempotent {
         spec.timeout * (spec.retries + 1)
@@ -179,8 +187,9 @@ async fn send(
         let outcome = match p {
             Sender::Kafka(p) => kafka_attempt(p, topic, &payload, &route, wait).await,
             Sender::Nats(js) => {
+                // No client-side retries here: the attempt times out itself.
                 let id = spec.idempotent.then_some(value.as_str());
-                crate::cluster::nats::publish(js, topic, payload.clone(), id, wait)
+                crate::cluster::nats::publish(js, topic, payload.clone(), id, spec.timeout)
                     .await
                     .map(|seq| (0, seq))
             }
