@@ -63,6 +63,19 @@ struct FollowerState {
     leader_end_at_last_fetch: i64,
 }
 
+impl FollowerState {
+    /// A follower not heard from yet, counted as caught up from `now` (as
+    /// Kafka does), so it is not dropped before it had a chance to fetch.
+    fn new(now: Instant) -> Self {
+        FollowerState {
+            log_end: -1,
+            last_caught_up: now,
+            last_fetch: now,
+            leader_end_at_last_fetch: -1,
+        }
+    }
+}
+
 /// The leader's view of its partition.
 #[derive(Debug, Clone)]
 pub struct Leadership {
@@ -228,12 +241,7 @@ impl Partition {
                     l.isr_change_pending = false;
                     let now = Instant::now();
                     for r in replicas.iter().filter(|&&r| r != self.broker_id) {
-                        l.followers.entry(*r).or_insert(FollowerState {
-                            log_end: -1,
-                            last_caught_up: now,
-                            last_fetch: now,
-                            leader_end_at_last_fetch: -1,
-                        });
+                        l.followers.entry(*r).or_insert(FollowerState::new(now));
                     }
                     drop(role);
                     self.update_high_watermark();
@@ -247,17 +255,7 @@ impl Partition {
         let followers = replicas
             .iter()
             .filter(|&&r| r != self.broker_id)
-            .map(|&r| {
-                (
-                    r,
-                    FollowerState {
-                        log_end: -1,
-                        last_caught_up: now,
-                        last_fetch: now,
-                        leader_end_at_last_fetch: -1,
-                    },
-                )
-            })
+            .map(|&r| (r, FollowerState::new(now)))
             .collect();
         *role = Role::Leader(Leadership {
             epoch,
@@ -445,12 +443,10 @@ impl Partition {
             let Role::Leader(l) = &mut *role else {
                 return None;
             };
-            let f = l.followers.entry(follower).or_insert(FollowerState {
-                log_end: -1,
-                last_caught_up: now,
-                last_fetch: now,
-                leader_end_at_last_fetch: -1,
-            });
+            let f = l
+                .followers
+                .entry(follower)
+                .or_insert(FollowerState::new(now));
             if offset >= end {
                 f.last_caught_up = now;
             } else if offset >= f.leader_end_at_last_fetch && f.leader_end_at_last_fetch >= 0 {
