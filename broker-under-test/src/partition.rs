@@ -106,13 +106,6 @@ pub enum Role {
     },
 }
 
-/// Why this replica cannot take a client request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NotLeader {
-    /// Another broker leads (or none does yet).
-    NotLeader,
-}
-
 /// An ISR change the leader wants the controller to make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IsrChange {
@@ -307,20 +300,21 @@ impl Partition {
         });
     }
 
-    /// Appends validated batches as leader. The bytes are in the page cache
-    /// when this returns; call `wait_durable` to wait for the fsync.
+    /// Appends validated batches as leader (None: this replica does not
+    /// lead). The bytes are in the page cache when this returns; call
+    /// `wait_durable` to wait for the fsync.
     pub fn append(
         &self,
         buf: &mut [u8],
         headers: &mut [BatchHeader],
-    ) -> Result<Result<Appended, NotLeader>, StorageError> {
+    ) -> Result<Option<Appended>, StorageError> {
         let messages: u64 = headers.iter().map(|h| h.offset_count() as u64).sum();
         let appended = {
             // The role lock is held across the append so a role change
             // cannot interleave with it.
             let role = self.role_lock();
             let Role::Leader(l) = &*role else {
-                return Ok(Err(NotLeader::NotLeader));
+                return Ok(None);
             };
             let epoch = l.epoch;
             let mut log = self.log();
@@ -333,7 +327,7 @@ impl Partition {
             appended
         };
         self.after_append(messages);
-        Ok(Ok(appended))
+        Ok(Some(appended))
     }
 
     fn after_append(&self, messages: u64) {
@@ -564,12 +558,6 @@ impl Partition {
         below: i64,
     ) -> Result<Vec<u8>, StorageError> {
         self.log().read(offset, max_bytes, below)
-    }
-
-    /// Reads batches from `offset` below the high watermark.
-    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<u8>, StorageError> {
-        let hw = self.progress.borrow().high_watermark;
-        self.log().read(offset, max_bytes, hw)
     }
 
     /// First and one-past-last offsets (log start, log end).

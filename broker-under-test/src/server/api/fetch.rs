@@ -12,8 +12,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::ResponseError;
 use tokio::time::Instant;
 
-use super::{code, encode, leader_replica, Reply};
-use crate::partition::Partition;
+use super::{code, encode, leader_replica, local_replica, Reply};
 use crate::server::Broker;
 use crate::storage::StorageError;
 
@@ -27,29 +26,6 @@ pub fn epoch_error(client: i32, ours: i32) -> Option<ResponseError> {
         c if c < ours => Some(ResponseError::FencedLeaderEpoch),
         _ => Some(ResponseError::UnknownLeaderEpoch),
     }
-}
-
-/// The replica a fetch reads: the leader for consumers and followers;
-/// any replica for the debugging consumer id -2 (a harness comparing
-/// replicas).
-fn replica_for(
-    broker: &Broker,
-    topic: &str,
-    partition: i32,
-    replica_id: i32,
-) -> Result<Arc<Partition>, ResponseError> {
-    if replica_id == DEBUG_REPLICA {
-        let known = broker
-            .controller
-            .applied
-            .read(|s| s.partition(topic, partition).is_some());
-        return match broker.topics.get(topic, partition) {
-            Some(p) => Ok(p),
-            None if known => Err(ResponseError::NotLeaderOrFollower),
-            None => Err(ResponseError::UnknownTopicOrPartition),
-        };
-    }
-    leader_replica(broker, topic, partition)
 }
 
 /// Kafka's debugging consumer id: reads any replica up to its log end.
@@ -102,37 +78,43 @@ fn read_all(broker: &Broker, req: &FetchRequest) -> (FetchResponse, usize, bool)
                 .with_last_stable_offset(-1)
                 .with_log_start_offset(-1)
                 .with_preferred_read_replica(BrokerId(-1));
-            let outcome = replica_for(broker, ft.topic.0.as_str(), fp.partition, replica_id)
-                .and_then(
-                    |p| match epoch_error(fp.current_leader_epoch, p.leader_epoch()) {
-                        Some(e) => Err(e),
-                        None => Ok(p),
-                    },
-                )
-                .and_then(|p| {
-                    let progress = p.progress();
-                    r.high_watermark = progress.high_watermark;
-                    r.last_stable_offset = progress.high_watermark;
-                    r.log_start_offset = p.bounds().0;
-                    let max = (fp.partition_max_bytes.max(0) as usize).min(budget);
-                    // The first partition may exceed the budget by one batch (KIP-74).
-                    let max = if total == 0 { max.max(1) } else { max };
-                    // Replicas read up to the log end; consumers below the high watermark.
-                    let below = if replica_id == -1 {
-                        progress.high_watermark
-                    } else {
-                        progress.log_end
-                    };
-                    if max == 0 {
-                        Ok(Vec::new())
-                    } else {
-                        p.read_below(fp.fetch_offset, max, below)
-                            .map_err(|e| match e {
-                                StorageError::OutOfRange { .. } => ResponseError::OffsetOutOfRange,
-                                _ => ResponseError::KafkaStorageError,
-                            })
-                    }
-                });
+            // Consumers and followers read the leader; Kafka's debugging id any replica.
+            let outcome = local_replica(
+                broker,
+                ft.topic.0.as_str(),
+                fp.partition,
+                replica_id != DEBUG_REPLICA,
+            )
+            .and_then(
+                |p| match epoch_error(fp.current_leader_epoch, p.leader_epoch()) {
+                    Some(e) => Err(e),
+                    None => Ok(p),
+                },
+            )
+            .and_then(|p| {
+                let progress = p.progress();
+                r.high_watermark = progress.high_watermark;
+                r.last_stable_offset = progress.high_watermark;
+                r.log_start_offset = p.bounds().0;
+                let max = (fp.partition_max_bytes.max(0) as usize).min(budget);
+                // The first partition may exceed the budget by one batch (KIP-74).
+                let max = if total == 0 { max.max(1) } else { max };
+                // Replicas read up to the log end; consumers below the high watermark.
+                let below = if replica_id == -1 {
+                    progress.high_watermark
+                } else {
+                    progress.log_end
+                };
+                if max == 0 {
+                    Ok(Vec::new())
+                } else {
+                    p.read_below(fp.fetch_offset, max, below)
+                        .map_err(|e| match e {
+                            StorageError::OutOfRange { .. } => ResponseError::OffsetOutOfRange,
+                            _ => ResponseError::KafkaStorageError,
+                        })
+                }
+            });
             match outcome {
                 Ok(bytes) => {
                     total += bytes.len();

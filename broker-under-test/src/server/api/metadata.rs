@@ -88,40 +88,43 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
             }
         }
     }
-    let state = broker.controller.applied.snapshot();
-    let topics = match requested {
-        None => state
-            .topics
+    // Built under the state's read lock: no copy of the whole state.
+    let (topics, brokers) = broker.controller.applied.read(|state| {
+        let topics = match requested {
+            None => state
+                .topics
+                .iter()
+                .map(|(n, t)| topic_entry(broker, state, n, t))
+                .collect(),
+            Some(names) => names
+                .into_iter()
+                .map(|name| match state.topics.get(&name) {
+                    Some(t) => topic_entry(broker, state, &name, t),
+                    None => MetadataResponseTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
+                        .with_error_code(code(if valid_name(&name) {
+                            ResponseError::UnknownTopicOrPartition
+                        } else {
+                            ResponseError::InvalidTopicException
+                        })),
+                })
+                .collect(),
+        };
+        // Only registered, unfenced brokers: a broker that is not (yet or any
+        // more) part of the cluster sends clients elsewhere.
+        let brokers: Vec<MetadataResponseBroker> = state
+            .brokers
             .iter()
-            .map(|(n, t)| topic_entry(broker, &state, n, t))
-            .collect(),
-        Some(names) => names
-            .into_iter()
-            .map(|name| match state.topics.get(&name) {
-                Some(t) => topic_entry(broker, &state, &name, t),
-                None => MetadataResponseTopic::default()
-                    .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
-                    .with_error_code(code(if valid_name(&name) {
-                        ResponseError::UnknownTopicOrPartition
-                    } else {
-                        ResponseError::InvalidTopicException
-                    })),
+            .filter(|(_, b)| !b.fenced)
+            .map(|(&id, b)| {
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(id))
+                    .with_host(StrBytes::from_string(b.host.clone()))
+                    .with_port(b.port)
             })
-            .collect(),
-    };
-    // Only registered, unfenced brokers: a broker that is not (yet or any
-    // more) part of the cluster sends clients elsewhere.
-    let brokers: Vec<MetadataResponseBroker> = state
-        .brokers
-        .iter()
-        .filter(|(_, b)| !b.fenced)
-        .map(|(&id, b)| {
-            MetadataResponseBroker::default()
-                .with_node_id(BrokerId(id))
-                .with_host(StrBytes::from_string(b.host.clone()))
-                .with_port(b.port)
-        })
-        .collect();
+            .collect();
+        (topics, brokers)
+    });
     let controller = broker.controller.leader().map_or(-1, |l| l as i32);
     let resp = MetadataResponse::default()
         .with_brokers(brokers)

@@ -133,6 +133,18 @@ pub fn leader_replica(
     topic: &str,
     partition: i32,
 ) -> Result<Arc<crate::partition::Partition>, kafka_protocol::ResponseError> {
+    local_replica(broker, topic, partition, true)
+}
+
+/// This broker's replica of a partition (only if it leads, with
+/// `leader_only`): UNKNOWN_TOPIC_OR_PARTITION when the cluster has no such
+/// partition, NOT_LEADER_OR_FOLLOWER when this broker cannot serve it.
+pub fn local_replica(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+    leader_only: bool,
+) -> Result<Arc<crate::partition::Partition>, kafka_protocol::ResponseError> {
     use kafka_protocol::ResponseError;
     let known = broker
         .controller
@@ -142,7 +154,7 @@ pub fn leader_replica(
         return Err(ResponseError::UnknownTopicOrPartition);
     }
     match broker.topics.get(topic, partition) {
-        Some(p) if p.is_leader() => Ok(p),
+        Some(p) if !leader_only || p.is_leader() => Ok(p),
         _ => Err(ResponseError::NotLeaderOrFollower),
     }
 }

@@ -74,7 +74,7 @@ fn append_one(
     }
     let mut buf = records.to_vec();
     match p.append(&mut buf, &mut headers) {
-        Ok(Ok(a)) => Ok((
+        Ok(Some(a)) => Ok((
             a.base_offset,
             p.bounds().0,
             Pending {
@@ -84,7 +84,7 @@ fn append_one(
                 partition: p,
             },
         )),
-        Ok(Err(_)) => Err(Failure(
+        Ok(None) => Err(Failure(
             ResponseError::NotLeaderOrFollower,
             format!("{topic}-{index}: no longer the leader"),
         )),
