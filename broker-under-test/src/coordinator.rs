@@ -129,6 +129,7 @@ impl Group {
             return;
         }
         self.generation += 1;
+        tracing::info!(generation = self.generation, members = ?self.members.keys().collect::<Vec<_>>(), "group rebalanced");
         if !self.members.contains_key(&self.leader) {
             self.leader = self.members.keys().next().expect("a member").clone();
         }

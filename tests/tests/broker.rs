@@ -829,6 +829,33 @@ fn kcat_consumes_as_a_group_and_resumes_from_committed_offsets() {
         300,
         "the group consumer reads everything"
     );
+    // The group's commits are stored (sum of positions = 300) before the
+    // next member starts: a failure here means a commit was lost, a failure
+    // below that resuming ignored stored offsets.
+    let committed = || -> i64 {
+        use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+        use kafka_protocol::messages::{
+            ApiKey, GroupId, OffsetFetchRequest, OffsetFetchResponse, TopicName,
+        };
+        use kafka_protocol::protocol::StrBytes;
+        let mut conn = KafkaConn::connect(broker.addr);
+        let req = OffsetFetchRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("kg")))
+            .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("gt")))
+                .with_partition_indexes(vec![0, 1, 2])]));
+        let r: OffsetFetchResponse = conn.call(ApiKey::OffsetFetch, 1, &req).unwrap();
+        r.topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|p| p.committed_offset.max(0))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while committed() < 300 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(committed(), 300, "the first member's commits are stored");
     let second: String = (301..=350).map(|i| format!("{i}\n")).collect();
     run(&["-P", "-t", "gt", "-X", "acks=all"], Some(&second));
     let got: Vec<u32> = run(&["-G", "kg", "gt", "-q", "-e"], None)
@@ -837,9 +864,12 @@ fn kcat_consumes_as_a_group_and_resumes_from_committed_offsets() {
         .collect();
     let mut got = got;
     got.sort_unstable();
+    let log = broker.log_text();
+    let tail: Vec<&str> = log.lines().rev().take(60).collect();
     assert_eq!(
         got,
         (301..=350).collect::<Vec<_>>(),
-        "the group resumes from its committed offsets"
+        "the group resumes from its committed offsets; broker log, newest first:\n{}",
+        tail.join("\n")
     );
 }

@@ -91,6 +91,7 @@ pub fn offset_commit(broker: &Arc<Broker>, req: OffsetCommitRequest, version: i1
             let mut r =
                 OffsetCommitResponsePartition::default().with_partition_index(p.partition_index);
             if member_error != 0 {
+                tracing::info!(group = %group, partition = p.partition_index, error = member_error, "offset commit refused");
                 r.error_code = member_error;
             } else if known {
                 entries.push((
@@ -192,7 +193,7 @@ pub async fn offset_fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, version
     let error = if !broker.controller.is_leader() {
         not_coordinator()
     } else if let Err(e) = broker.controller.read_barrier().await {
-        tracing::debug!("offset fetch: {e}");
+        tracing::info!("offset fetch refused: {e}");
         not_coordinator()
     } else {
         0
