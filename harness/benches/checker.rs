@@ -122,6 +122,7 @@ fn main() {
                 complete: true,
                 high_watermarks: BTreeMap::new(),
                 error: None,
+                unreadable: Vec::new(),
             },
         );
     }

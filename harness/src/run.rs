@@ -290,11 +290,11 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
         plan.topic.partitions,
         plan.drain_timeout,
     );
-    let high = tokio::task::spawn_blocking(move || d.drain(&t, n, timeout, &h))
+    let drained = tokio::task::spawn_blocking(move || d.drain(&t, n, timeout, &h))
         .await
         .map_err(|e| Error::Harness(e.to_string()))?;
     // The builtin broker lets every replica be read: prove they agree.
-    if let (Some(high), crate::plan::BrokerKind::Builtin) = (high, &plan.cluster.broker) {
+    if let (Some(drained), crate::plan::BrokerKind::Builtin) = (drained, &plan.cluster.broker) {
         let nodes: std::collections::BTreeMap<u32, String> = cluster
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -302,14 +302,9 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
             .iter()
             .map(|n| (n.id, n.addr()))
             .collect();
-        let (h, b, t, timeout) = (
-            history.clone(),
-            bootstrap.clone(),
-            plan.topic.name.clone(),
-            plan.drain_timeout,
-        );
+        let (h, t, timeout) = (history.clone(), plan.topic.name.clone(), plan.drain_timeout);
         tokio::task::spawn_blocking(move || {
-            crate::workload::replicas::read_replicas(&b, &nodes, &t, &high, timeout, &h)
+            crate::workload::replicas::read_replicas(&nodes, &t, &drained, timeout, &h)
         })
         .await
         .map_err(|e| Error::Harness(e.to_string()))?;

@@ -426,4 +426,5 @@ pub fn replica_contents(addr: SocketAddr, topic: &str, partition: i32) -> Vec<(i
         Instant::now() + Duration::from_secs(30),
     )
     .unwrap_or_else(|e| panic!("read replica {addr}: {e}"))
+    .0
 }

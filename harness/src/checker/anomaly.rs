@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 pub enum Anomaly {
     /// Acknowledged, absent from the final drain.
     Lost,
+    /// Acknowledged at a position the broker reports but would not serve
+    /// to the final drain while the cluster was stable.
+    Unreadable,
     /// Present, but never sent or its send definitely failed.
     Unexpected,
     /// One offset read with different values.
@@ -28,8 +31,9 @@ pub enum Anomaly {
 
 impl Anomaly {
     /// Every anomaly, in report order.
-    pub const ALL: [Anomaly; 9] = [
+    pub const ALL: [Anomaly; 10] = [
         Anomaly::Lost,
+        Anomaly::Unreadable,
         Anomaly::Unexpected,
         Anomaly::InconsistentOffset,
         Anomaly::Duplicated,
@@ -52,6 +56,7 @@ impl Anomaly {
     pub fn name(self) -> &'static str {
         match self {
             Anomaly::Lost => "lost",
+            Anomaly::Unreadable => "unreadable",
             Anomaly::Unexpected => "unexpected",
             Anomaly::InconsistentOffset => "inconsistent-offset",
             Anomaly::Duplicated => "duplicated",

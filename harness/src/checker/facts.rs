@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap as HashMap;
 use serde::Deserialize;
 
 use super::dense::Dense;
-use crate::history::{Event, EventKind, ValueId};
+use crate::history::{Event, EventKind, Unreadable, ValueId};
 
 /// A message value: a harness id, or foreign bytes (interned).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -97,6 +97,8 @@ pub struct Facts {
     pub drained_total: u64,
     pub drain_complete: Option<bool>,
     pub drain_error: Option<String>,
+    /// Ranges the drain found reported but not served.
+    pub unreadable: Vec<Unreadable>,
     /// Deliveries of foreign values (harness values count in `sends`).
     pub foreign_deliveries: HashMap<Value, u32>,
     pub delivered_total: u64,
@@ -362,10 +364,14 @@ impl Facts {
                         self.leaders.push((e.t, partition, leader))
                     }
                     EventKind::DrainEnd {
-                        complete, error, ..
+                        complete,
+                        error,
+                        unreadable,
+                        ..
                     } => {
                         self.drain_complete = Some(complete);
                         self.drain_error = error;
+                        self.unreadable = unreadable;
                     }
                     _ => {}
                 }
@@ -396,6 +402,13 @@ impl Facts {
                 seen_in,
             });
         }
+    }
+
+    /// The unreadable range holding this position, if any.
+    pub fn unreadable_at(&self, partition: i32, offset: i64) -> Option<&Unreadable> {
+        self.unreadable
+            .iter()
+            .find(|u| u.partition == partition && (u.from..u.to).contains(&offset))
     }
 
     /// Where the drain first found this value, if it did.

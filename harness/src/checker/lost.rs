@@ -1,5 +1,7 @@
 //! Property: every acknowledged message is in the final drain.
-//! Violation: `lost`, listed with its ack and the faults around it.
+//! Violation: `lost`, listed with its ack and the faults around it; an
+//! absent message acknowledged inside a range the broker reported but did
+//! not serve is `unreadable` instead (see unreadable.rs).
 
 use serde::Serialize;
 
@@ -23,11 +25,18 @@ pub struct LostMessage {
 
 /// Every lost message, in ack order.
 pub fn check(f: &Facts) -> Vec<LostMessage> {
+    absent(f, false)
+}
+
+/// Acknowledged messages absent from the drain, in ack order: those
+/// acknowledged inside an unreadable range (`unreadable`) or outside.
+pub fn absent(f: &Facts, unreadable: bool) -> Vec<LostMessage> {
     let mut lost: Vec<LostMessage> = f
         .sends()
         .filter_map(|(v, s)| {
             let (partition, offset, t) = s.ok?;
-            if s.drained_at.is_some() {
+            if s.drained_at.is_some() || f.unreadable_at(partition, offset).is_some() != unreadable
+            {
                 return None;
             }
             Some(LostMessage {

@@ -17,6 +17,7 @@ pub mod redelivered;
 pub mod reordered;
 pub mod skipped;
 pub mod unexpected;
+pub mod unreadable;
 
 use std::collections::BTreeMap;
 
@@ -74,6 +75,8 @@ pub struct Outcome {
     pub verdict: Verdict,
     pub drain_complete: bool,
     pub drain_error: Option<String>,
+    /// Ranges the broker reported but did not serve to the drain.
+    pub unreadable: Vec<crate::history::Unreadable>,
     pub stats: Stats,
     pub counts: BTreeMap<Anomaly, u64>,
     /// Up to `EXAMPLES` of each anomaly, as text.
@@ -153,6 +156,7 @@ pub fn evaluate(f: &Facts, expect: &BTreeMap<Anomaly, Expect>) -> Outcome {
             })
             .collect(),
     );
+    found.insert(Anomaly::Unreadable, unreadable::check(f));
     found.insert(Anomaly::Unexpected, unexpected::check(f));
     found.insert(Anomaly::InconsistentOffset, inconsistent_offset::check(f));
     found.insert(
@@ -237,6 +241,7 @@ pub fn evaluate(f: &Facts, expect: &BTreeMap<Anomaly, Expect>) -> Outcome {
         verdict,
         drain_complete,
         drain_error: f.drain_error.clone(),
+        unreadable: f.unreadable.clone(),
         stats,
         counts,
         examples,

@@ -88,6 +88,7 @@ impl H {
                 complete: true,
                 high_watermarks: BTreeMap::new(),
                 error: None,
+                unreadable: Vec::new(),
             },
         );
         self.check()
@@ -325,6 +326,7 @@ fn unfinished_drain_makes_the_verdict_unknown() {
             complete: false,
             high_watermarks: BTreeMap::new(),
             error: Some("timed out".into()),
+            unreadable: Vec::new(),
         },
     );
     let o = h.check();
@@ -332,6 +334,57 @@ fn unfinished_drain_makes_the_verdict_unknown() {
     assert!(!o.expectations_met);
     assert!(o.expectations.iter().all(|e| e.met.is_none()));
     assert_eq!(o.drain_error.as_deref(), Some("timed out"));
+}
+
+#[test]
+fn a_range_reported_but_not_served_is_unreadable_not_lost() {
+    let mut h = H::new(5);
+    // Acked at 0/0..0/3; the drain reads 0/0, the broker reports up to 4
+    // but serves nothing from 2; p0-1 (acked at 0/1) is simply gone.
+    h.ok("p0-0", 0, 0)
+        .ok("p0-1", 0, 1)
+        .ok("p0-2", 0, 2)
+        .ok("p0-3", 0, 3);
+    h.drain("p0-0", 0, 0);
+    let range = crate::history::Unreadable {
+        partition: 0,
+        from: 2,
+        to: 4,
+        waited_ms: 20_000,
+        reason: "no records".into(),
+    };
+    let empty = crate::history::Unreadable {
+        partition: 1,
+        from: 0,
+        to: 7,
+        ..range.clone()
+    };
+    h.ev(
+        "drain",
+        EventKind::DrainEnd {
+            complete: true,
+            high_watermarks: BTreeMap::from([("0".into(), 4), ("1".into(), 7)]),
+            error: None,
+            unreadable: vec![range, empty],
+        },
+    );
+    let o = h.check();
+    assert!(
+        o.drain_complete,
+        "an unreadable range is a finding, not an unfinished drain"
+    );
+    assert_eq!(o.counts[&Anomaly::Lost], 1, "{:?}", o.examples);
+    assert_eq!(o.lost[0].value, "p0-1");
+    // p0-2 and p0-3, and the range of partition 1 that holds no ack.
+    assert_eq!(o.counts[&Anomaly::Unreadable], 3, "{:?}", o.examples);
+    let ex = &o.examples[&Anomaly::Unreadable];
+    assert!(
+        ex[0].starts_with("p0-2 at 0/2") && ex[0].contains("positions 2..4"),
+        "{ex:?}"
+    );
+    assert!(ex[2].contains("partition 1 positions 0..7"), "{ex:?}");
+    assert_eq!(o.verdict, Verdict::Invalid);
+    assert_eq!(o.unreadable.len(), 2);
 }
 
 /// A correct run: producers append to partitions in order; a group

@@ -7,6 +7,7 @@
 //! `nodes/<id>.log`; data lives in `nodes/<id>/data`.
 
 pub mod kafka;
+pub mod kafka_wire;
 pub mod nats;
 pub mod spawn;
 
@@ -670,18 +671,19 @@ impl Driver {
         }
     }
 
-    /// The final drain; the high watermarks when it finished. Blocking.
+    /// The final drain; what it established when it finished. Blocking.
     pub fn drain(
         &self,
         topic: &str,
         partitions: i32,
         timeout: Duration,
         history: &crate::history::History,
-    ) -> Option<std::collections::BTreeMap<i32, i64>> {
+    ) -> Option<crate::workload::drain::Drained> {
         use crate::history::EventKind;
         match self.protocol {
             Protocol::Kafka => {
-                crate::workload::drain::drain(&self.bootstrap, topic, partitions, timeout, history)
+                let nodes: Vec<String> = self.bootstrap.split(',').map(str::to_string).collect();
+                crate::workload::drain::drain(&nodes, topic, partitions, timeout, history)
             }
             Protocol::Nats => {
                 let result = tokio::runtime::Handle::current().block_on(nats::drain(
@@ -690,9 +692,9 @@ impl Driver {
                     timeout,
                     history,
                 ));
-                let (complete, high, error) = match &result {
-                    Ok(h) => (true, h.clone(), None),
-                    Err(e) => (false, Default::default(), Some(e.clone())),
+                let (complete, high, error, unreadable) = match &result {
+                    Ok((h, u)) => (true, h.clone(), None, u.clone()),
+                    Err(e) => (false, Default::default(), Some(e.clone()), Vec::new()),
                 };
                 history.record(
                     "drain",
@@ -700,9 +702,15 @@ impl Driver {
                         complete,
                         high_watermarks: high.iter().map(|(p, h)| (p.to_string(), *h)).collect(),
                         error,
+                        unreadable,
                     },
                 );
-                result.ok()
+                result
+                    .ok()
+                    .map(|(high, _)| crate::workload::drain::Drained {
+                        high,
+                        agreement: Default::default(),
+                    })
             }
         }
     }

@@ -18,7 +18,7 @@ use futures::StreamExt;
 
 use super::kafka::TopicLayout;
 use crate::error::Error;
-use crate::history::{EventKind, History};
+use crate::history::{EventKind, History, Unreadable};
 use crate::plan::{ClusterSpec, TopicSpec};
 use crate::workload::value_of;
 
@@ -183,14 +183,18 @@ pub async fn publish(
 }
 
 /// Reads the stream from sequence 1 to its last sequence with a fresh
-/// consumer; returns {0: last sequence + 1} when it got there.
+/// consumer; returns {0: last sequence + 1} when it got there. A stream
+/// whose leader reports sequences that the consumer does not deliver for
+/// the drain's patience is unreadable from there (a finding, see
+/// `workload::drain`), not an unfinished drain.
 pub async fn drain(
     bootstrap: &str,
     topic: &str,
     timeout: Duration,
     history: &History,
-) -> Result<BTreeMap<i32, i64>, String> {
+) -> Result<(BTreeMap<i32, i64>, Vec<Unreadable>), String> {
     let deadline = Instant::now() + timeout;
+    let patience = crate::workload::drain::patience(timeout);
     let mut last_error = String::new();
     // JetStream answering "stream not found" this long: the stream is gone.
     let gone_after = (timeout / 3).max(Duration::from_secs(10));
@@ -204,7 +208,10 @@ pub async fn drain(
                 let js = jetstream::new(c);
                 match js.get_stream(topic).await {
                     Ok(s) => match s.get_info().await {
-                        Ok(info) => break (js, s, info.state.last_sequence),
+                        Ok(info) => {
+                            let last = info.state.last_sequence;
+                            break (js, s, last);
+                        }
                         Err(e) => last_error = e.to_string(),
                     },
                     Err(e) => {
@@ -220,7 +227,7 @@ pub async fn drain(
                                         ),
                                     },
                                 );
-                                return Ok(BTreeMap::from([(0, 0)]));
+                                return Ok((BTreeMap::from([(0, 0)]), Vec::new()));
                             }
                             tokio::time::sleep(Duration::from_millis(500)).await;
                             continue;
@@ -244,9 +251,36 @@ pub async fn drain(
         .await
         .map_err(|e| format!("drain consumer: {e}"))?;
     let mut next = 1u64;
+    let mut stalled_since: Option<Instant> = None;
     while next <= last {
         if Instant::now() >= deadline {
             return Err(format!("drain timed out at sequence {next} of {last}"));
+        }
+        let since = *stalled_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= patience {
+            // Stable and reporting what it does not serve: name the range.
+            let info = stream
+                .get_info()
+                .await
+                .map_err(|e| format!("stream info after a stall at sequence {next}: {e}"))?;
+            let leader = info
+                .cluster
+                .as_ref()
+                .and_then(|c| c.leader.clone())
+                .unwrap_or_else(|| "none".into());
+            let unreadable = Unreadable {
+                partition: 0,
+                from: next as i64,
+                to: last as i64 + 1,
+                waited_ms: since.elapsed().as_millis() as u64,
+                reason: format!(
+                    "stream leader {leader} reports sequences {}..={} (drain started at last {last}); the consumer delivered nothing from {next}{}",
+                    info.state.first_sequence,
+                    info.state.last_sequence,
+                    if last_error.is_empty() { String::new() } else { format!(" ({last_error})") }
+                ),
+            };
+            return Ok((BTreeMap::from([(0, last as i64 + 1)]), vec![unreadable]));
         }
         let mut batch = match consumer
             .batch()
@@ -262,12 +296,10 @@ pub async fn drain(
                 continue;
             }
         };
-        let mut got = 0;
         while let Some(m) = batch.next().await {
             let Ok(m) = m else { break };
             let Ok(info) = m.info() else { continue };
             let seq = info.stream_sequence;
-            got += 1;
             history.record(
                 "drain",
                 EventKind::Drain {
@@ -276,11 +308,11 @@ pub async fn drain(
                     value: value_of(Some(&m.payload)),
                 },
             );
+            if seq >= next {
+                stalled_since = None;
+            }
             next = next.max(seq + 1);
         }
-        if got == 0 && !last_error.is_empty() {
-            tracing::debug!("drain: {last_error}");
-        }
     }
-    Ok(BTreeMap::from([(0, last as i64 + 1)]))
+    Ok((BTreeMap::from([(0, last as i64 + 1)]), Vec::new()))
 }

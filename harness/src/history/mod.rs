@@ -98,6 +98,11 @@ pub enum EventKind {
         complete: bool,
         high_watermarks: BTreeMap<String, i64>,
         error: Option<String>,
+        /// Ranges the cluster reported but would not serve while it was
+        /// stable (the drain still counts as complete: it established
+        /// what the cluster can serve).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unreadable: Vec<Unreadable>,
     },
     /// A message read from one replica (node) after the drain, below the
     /// drain's high watermark (builtin broker: Kafka's debugging replica id).
@@ -111,6 +116,37 @@ pub enum EventKind {
     Leader { partition: i32, leader: i32 },
     /// Anything the harness itself wants on record.
     Note { message: String },
+}
+
+/// Positions of one partition that its leader reports (below its high
+/// watermark, or up to a stream's last sequence) but did not serve while
+/// the cluster agreed on its leaders: a finding about the broker, not an
+/// unfinished drain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unreadable {
+    pub partition: i32,
+    /// The first position not served.
+    pub from: i64,
+    /// The end the broker reported (exclusive).
+    pub to: i64,
+    /// How long the drain waited at `from` without progress.
+    pub waited_ms: u64,
+    /// What the broker answered meanwhile.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "partition {} positions {}..{} reported but not served ({:.1} s without progress: {})",
+            self.partition,
+            self.from,
+            self.to,
+            self.waited_ms as f64 / 1000.0,
+            self.reason
+        )
+    }
 }
 
 /// A message value id: producer and sequence number, `p<producer>-<seq>`.

@@ -54,6 +54,8 @@ struct Results<'a> {
 struct Drain<'a> {
     complete: bool,
     error: Option<&'a str>,
+    /// Ranges reported but not served (see the `unreadable` anomaly).
+    unreadable: &'a [crate::history::Unreadable],
 }
 
 /// Counts by name: operations then anomalies.
@@ -105,6 +107,7 @@ pub fn write_results(
         drain: Drain {
             complete: o.drain_complete,
             error: o.drain_error.as_deref(),
+            unreadable: &o.unreadable,
         },
         faults: faults
             .iter()
@@ -155,6 +158,9 @@ pub fn summary(
             "drain did not finish: {}\n",
             o.drain_error.as_deref().unwrap_or("no drain recorded")
         );
+    }
+    for u in &o.unreadable {
+        out += &format!("unreadable: {u}\n");
     }
     out += &format!("{:<22}{:>10}  {:<8}{}\n", "anomaly", "count", "wanted", "");
     for e in &o.expectations {

@@ -2,62 +2,87 @@
 //! offset up to the drain's high watermark, so the checker can prove the
 //! replicas agree (a value that differs is `inconsistent-offset`).
 //!
+//! Only committed data is compared: a replica in the ISR of the leader
+//! epoch the drain was confirmed at has truncated its old suffix and holds
+//! everything below the high watermark, so it is read up to it. A replica
+//! outside the ISR (a deposed leader that has not yet learnt of the new
+//! epoch still holds its uncommitted suffix) is waited for, and when it does
+//! not rejoin in time it is compared only below its own high watermark, and
+//! that is noted.
+//!
 //! Uses Kafka's debugging replica id (-2) in Fetch, which the builtin broker
 //! serves from any replica; brokers that refuse it are noted, not failed
 //! ("where possible"). A replica's copy never counts as the message being
 //! present: only the drain through the leaders decides `lost`.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, RequestHeader, ResponseHeader, TopicName,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::RecordBatchDecoder;
-
-use super::value_of;
-use crate::cluster::kafka::layout;
+use super::drain::{wait_for_agreement, Agreement, Drained};
+use crate::cluster::kafka_wire::{self, Conn, DEBUG_REPLICA};
 use crate::history::{EventKind, History};
 
-/// Kafka's debugging consumer: may read a follower.
-const DEBUG_REPLICA: i32 = -2;
+/// How long the replica reads wait for every replica to be back in the ISR.
+pub const REJOIN: Duration = Duration::from_secs(30);
 
-/// Reads each replica below `high` (partition -> high watermark); `nodes`
-/// maps node ids to their Kafka addresses. Returns how many replicas were
-/// read in full.
+/// Reads each replica below the drain's high watermarks; `nodes` maps node
+/// ids to their Kafka addresses. Returns how many replicas were read.
 pub fn read_replicas(
-    bootstrap: &str,
     nodes: &BTreeMap<u32, String>,
     topic: &str,
-    high: &BTreeMap<i32, i64>,
+    drained: &Drained,
     timeout: Duration,
     history: &History,
 ) -> usize {
     let deadline = Instant::now() + timeout;
-    let replicas = match layout(bootstrap, topic, Duration::from_secs(10)) {
-        Ok(l) => l.replicas,
-        Err(e) => {
-            note(history, format!("replica reads skipped: {e}"));
-            return 0;
-        }
+    let addrs: Vec<String> = nodes.values().cloned().collect();
+    let partitions = drained.agreement.partitions.len() as i32;
+    let in_sync = |a: &Agreement| {
+        a.partitions
+            .values()
+            .all(|p| p.replicas.iter().all(|r| p.isr.contains(r)))
     };
+    // Wait (bounded) until every replica is back in the ISR.
+    let rejoin_by = (Instant::now() + REJOIN).min(deadline);
+    let mut agreement = drained.agreement.clone();
+    while !in_sync(&agreement) && Instant::now() < rejoin_by {
+        std::thread::sleep(Duration::from_millis(250));
+        if let Ok(a) = wait_for_agreement(&addrs, topic, partitions, rejoin_by) {
+            agreement = a;
+        }
+    }
+    if !agreement.same_leadership(&drained.agreement) {
+        note(
+            history,
+            "leadership changed after the drain: replicas compared below their own high watermarks"
+                .into(),
+        );
+    }
     let mut complete = 0;
-    for (&partition, ids) in &replicas {
-        let Some(&hw) = high.get(&partition) else {
+    for (&partition, leader) in &drained.agreement.partitions {
+        let Some(&hw) = drained.high.get(&partition) else {
             continue;
         };
-        for &id in ids {
+        let now = &agreement.partitions[&partition];
+        let current = now.leader_epoch == leader.leader_epoch;
+        for &id in &leader.replicas {
             let Some(addr) = nodes.get(&(id as u32)) else {
                 continue;
             };
+            let in_isr = current && now.isr.contains(&id);
             match read_replica(addr, topic, partition, hw, deadline) {
-                Ok(records) => {
-                    for (offset, value) in records {
+                Ok((records, own_hw)) => {
+                    let limit = if in_isr { hw } else { hw.min(own_hw) };
+                    if !in_isr {
+                        note(
+                            history,
+                            format!(
+                                "replica {id} of partition {partition} is not in the ISR of leader epoch {} after the drain: compared below its own high watermark {limit}, not {hw}",
+                                leader.leader_epoch
+                            ),
+                        );
+                    }
+                    for (offset, value) in records.into_iter().filter(|(o, _)| *o < limit) {
                         history.record(
                             "replicas",
                             EventKind::ReplicaRead {
@@ -84,96 +109,34 @@ fn note(history: &History, message: String) {
     history.record("replicas", EventKind::Note { message });
 }
 
-/// One request and its response on a blocking connection.
-fn call<Req: Encodable, Resp: Decodable>(
-    s: &mut TcpStream,
-    key: ApiKey,
-    version: i16,
-    req: &Req,
-) -> Result<Resp, String> {
-    let header = RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(1)
-        .with_client_id(Some(StrBytes::from_static_str("unlost-replicas")));
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    header
-        .encode(&mut buf, key.request_header_version(version))
-        .map_err(|e| e.to_string())?;
-    req.encode(&mut buf, version).map_err(|e| e.to_string())?;
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    s.write_all(&buf).map_err(|e| e.to_string())?;
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).map_err(|e| e.to_string())?;
-    let mut body = vec![0u8; i32::from_be_bytes(len).max(0) as usize];
-    s.read_exact(&mut body).map_err(|e| e.to_string())?;
-    let mut body = Bytes::from(body);
-    ResponseHeader::decode(&mut body, key.response_header_version(version))
-        .map_err(|e| e.to_string())?;
-    Resp::decode(&mut body, version).map_err(|e| e.to_string())
-}
-
 /// Everything one replica (the broker at `addr`) holds of a partition
-/// below `high`, offset and value.
+/// below `high`, offset and value, and that replica's own high watermark.
 pub fn read_replica(
     addr: &str,
     topic: &str,
     partition: i32,
     high: i64,
     deadline: Instant,
-) -> Result<Vec<(i64, String)>, String> {
-    let sock = addr.parse().map_err(|e| format!("address {addr}: {e}"))?;
-    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(5))
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
+) -> Result<(Vec<(i64, String)>, i64), String> {
+    let mut conn = Conn::connect(addr, Duration::from_secs(5))?;
     let mut out = Vec::new();
+    let mut own_hw = None;
     let mut offset = 0;
     while offset < high {
         if Instant::now() >= deadline {
             return Err(format!("timed out at offset {offset} of {high}"));
         }
-        let req = FetchRequest::default()
-            .with_replica_id(BrokerId(DEBUG_REPLICA))
-            .with_max_wait_ms(0)
-            .with_max_bytes(8 << 20)
-            .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(partition)
-                    .with_current_leader_epoch(-1)
-                    .with_fetch_offset(offset)
-                    .with_last_fetched_epoch(-1)
-                    .with_log_start_offset(-1)
-                    .with_partition_max_bytes(4 << 20)])]);
-        let resp: FetchResponse = call(&mut s, ApiKey::Fetch, 12, &req)?;
-        let p = resp
-            .responses
-            .first()
-            .and_then(|t| t.partitions.first())
-            .ok_or("empty fetch response")?;
-        if p.error_code != 0 {
-            return Err(format!("fetch error code {}", p.error_code));
+        let f = kafka_wire::fetch(&mut conn, topic, partition, offset, DEBUG_REPLICA, -1)?;
+        if f.error_code != 0 {
+            return Err(format!("fetch error code {}", f.error_code));
         }
-        let mut records = p.records.clone().unwrap_or_default();
-        if records.is_empty() {
+        own_hw.get_or_insert(f.high_watermark);
+        let Some(&(last, _)) = f.records.last() else {
             // A replica still catching up (or truncated): compare what it has.
             break;
-        }
-        let sets = RecordBatchDecoder::decode_all(&mut records)
-            .map_err(|e| format!("undecodable batch at offset {offset}: {e}"))?;
-        for set in sets {
-            for r in set.records {
-                if r.offset >= high {
-                    return Ok(out);
-                }
-                offset = r.offset + 1;
-                out.push((r.offset, value_of(r.value.as_deref())));
-            }
-        }
+        };
+        out.extend(f.records.into_iter().filter(|(o, _)| *o < high));
+        offset = last + 1;
     }
-    Ok(out)
+    Ok((out, own_hw.unwrap_or(0)))
 }
