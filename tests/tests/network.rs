@@ -213,13 +213,16 @@ fn produce(bootstrap: &str, topic: &str, values: &[String]) -> Vec<Option<i64>> 
             .unwrap();
         let sends: Vec<_> = values
             .iter()
-            .map(|v| p.send_result(FutureRecord::<(), _>::to(topic).payload(v).partition(0)))
+            .map(|v| {
+                p.send_result(FutureRecord::<(), _>::to(topic).payload(v).partition(0))
+                    .ok()
+            })
             .collect();
         let mut out = Vec::new();
         for s in sends {
             out.push(match s {
-                Ok(f) => f.await.ok().and_then(|r| r.ok()).map(|d| d.offset),
-                Err(_) => None,
+                Some(f) => f.await.ok().and_then(|r| r.ok()).map(|d| d.offset),
+                None => None,
             });
         }
         out

@@ -160,9 +160,11 @@ pub fn wait_for_agreement(
             .collect();
         match agree(&answers, partitions) {
             Ok(a) => return Ok(a),
-            Err(why) if Instant::now() >= deadline => return Err(format!(
+            Err(why) if Instant::now() >= deadline => {
+                return Err(format!(
                 "the nodes did not agree on the leaders of {topic} within the drain timeout: {why}"
-            )),
+            ))
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }
