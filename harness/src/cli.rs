@@ -61,6 +61,10 @@ pub enum Command {
         /// Seed for every plan (default: each plan's, else random).
         #[arg(long)]
         seed: Option<u64>,
+        /// Run each plan N times (fresh seeds unless --seed); prints how
+        /// many runs of each plan met their expectations.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        repeat: u32,
     },
     /// Check plans without running anything.
     Validate {
@@ -101,6 +105,7 @@ pub fn main(cli: Cli) -> i32 {
             fail_fast,
             duration,
             seed,
+            repeat,
         } => cmd_suite(
             plans,
             crate::suite::SuiteOptions {
@@ -110,6 +115,7 @@ pub fn main(cli: Cli) -> i32 {
                 fail_fast,
                 duration,
                 seed,
+                repeat,
             },
         ),
         Command::Validate { plans } => cmd_validate(plans),

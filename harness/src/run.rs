@@ -39,7 +39,8 @@ pub struct RunResult {
     pub summary: String,
 }
 
-fn fresh_seed() -> u64 {
+/// A seed from the clock and the process id.
+pub fn fresh_seed() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

@@ -20,6 +20,9 @@ pub struct SuiteOptions {
     pub fail_fast: bool,
     pub duration: Option<Duration>,
     pub seed: Option<u64>,
+    /// Runs of each plan (at least 1). Repeated runs draw fresh seeds
+    /// unless `seed` is set, so a repeat explores schedules and timings.
+    pub repeat: u32,
 }
 
 /// Parses "K/N" with 1 <= K <= N.
@@ -84,6 +87,7 @@ pub fn shard(plans: Vec<PathBuf>, shard: Option<(usize, usize)>) -> Vec<PathBuf>
 }
 
 fn one(path: &Path, opts: &SuiteOptions, rt: &tokio::runtime::Runtime) -> PlanResult {
+    let repeated = opts.repeat > 1;
     let start = Instant::now();
     let file = path.display().to_string();
     let plan = match Plan::load(path) {
@@ -101,7 +105,7 @@ fn one(path: &Path, opts: &SuiteOptions, rt: &tokio::runtime::Runtime) -> PlanRe
         }
     };
     let ropts = RunOptions {
-        seed: opts.seed,
+        seed: opts.seed.or_else(|| repeated.then(run::fresh_seed)),
         out: opts.out.clone(),
         duration: opts.duration,
     };
@@ -156,10 +160,18 @@ pub fn run_suite(
     rt: &tokio::runtime::Runtime,
 ) -> Result<i32, Error> {
     let mut results = Vec::new();
-    let total = plans.len();
-    for (i, p) in plans.iter().enumerate() {
+    let repeat = opts.repeat.max(1) as usize;
+    let total = plans.len() * repeat;
+    let runs = plans
+        .iter()
+        .flat_map(|p| (1..=repeat).map(move |k| (p, k)))
+        .enumerate();
+    for (i, (p, k)) in runs {
         eprintln!("[{}/{total}] {} ...", i + 1, p.display());
-        let r = one(p, opts, rt);
+        let mut r = one(p, opts, rt);
+        if repeat > 1 {
+            r.name = format!("{} #{k}", r.name);
+        }
         println!("{}", line(&r));
         let failed = !matches!(r.outcome, PlanOutcome::Ran { met: true, .. });
         results.push(r);
@@ -167,6 +179,9 @@ pub fn run_suite(
             eprintln!("--fail-fast: stopping after the first plan that did not pass");
             break;
         }
+    }
+    if repeat > 1 {
+        println!("\n{}", repeat_table(&results));
     }
     println!("\n{:<40}{:<8}{:>9}  run dir", "plan", "result", "time");
     for r in &results {
@@ -212,6 +227,30 @@ pub fn run_suite(
         .max()
         .unwrap_or(exit::MET);
     Ok(code)
+}
+
+/// Per plan: how many of its runs met their expectations, and the seeds
+/// of those that did not.
+fn repeat_table(results: &[PlanResult]) -> String {
+    let mut by_plan: Vec<(&str, usize, usize, Vec<String>)> = Vec::new();
+    for r in results {
+        let plan = r.name.rsplit_once(" #").map_or(r.name.as_str(), |(p, _)| p);
+        if by_plan.last().is_none_or(|(p, ..)| *p != plan) {
+            by_plan.push((plan, 0, 0, Vec::new()));
+        }
+        let row = by_plan.last_mut().expect("pushed above");
+        row.1 += 1;
+        match &r.outcome {
+            PlanOutcome::Ran { met: true, .. } => row.2 += 1,
+            PlanOutcome::Ran { seed, .. } => row.3.push(format!("seed {seed}")),
+            PlanOutcome::Error { code, .. } => row.3.push(format!("exit {code}")),
+        }
+    }
+    let mut out = format!("{:<40}{:>6}{:>8}  failed runs\n", "plan", "runs", "met");
+    for (plan, runs, met, failed) in by_plan {
+        out += &format!("{plan:<40}{runs:>6}{met:>8}  {}\n", failed.join(", "));
+    }
+    out
 }
 
 fn line(r: &PlanResult) -> String {

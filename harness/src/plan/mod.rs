@@ -327,6 +327,9 @@ impl Ctx<'_> {
     }
 }
 
+/// Most producers, and most consumers, a plan may ask for.
+pub const MAX_CLIENTS: u32 = 1000;
+
 impl Plan {
     /// Reads and validates a plan file.
     pub fn load(file: &Path) -> Result<Plan, PlanError> {
@@ -342,6 +345,8 @@ impl Plan {
 
     /// Validates a plan's text; `file` names it in errors.
     pub fn parse(file: &Path, text: &str) -> Result<Plan, PlanError> {
+        // Editors on some systems start UTF-8 files with a byte-order mark.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let ctx = Ctx { file, text };
         let de = serde_yaml::Deserializer::from_str(text);
         let raw: RawPlan = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -591,6 +596,7 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
     }
     let settings: BTreeMap<String, String> = c
         .settings
+        .0
         .into_iter()
         .map(|(k, v)| (k, v.to_string()))
         .collect();
@@ -765,6 +771,12 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
     if count == 0 {
         return Err(ctx.err("producers.count", "at least one producer is needed"));
     }
+    if count > MAX_CLIENTS {
+        return Err(ctx.err(
+            "producers.count",
+            format!("{count} producers: at most {MAX_CLIENTS}"),
+        ));
+    }
     let rate = value::rate(p.rate.as_deref().unwrap_or("1000/s"))
         .map_err(|m| ctx.err("producers.rate", m))?;
     let acks = match p.acks.as_ref().map(|a| a.to_string()).as_deref() {
@@ -860,6 +872,12 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
             ))
         }
     };
+    if cs.count.unwrap_or(0) > MAX_CLIENTS {
+        return Err(ctx.err(
+            "consumers.count",
+            format!("{} consumers: at most {MAX_CLIENTS}", cs.count.unwrap_or(0)),
+        ));
+    }
     let consumers = ConsumerSpec {
         count: cs.count.unwrap_or(0),
         group: cs.group.unwrap_or_else(|| "unlost".into()),
@@ -1009,7 +1027,7 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
 
     // expectations
     let mut expect = Expect::defaults();
-    for (k, v) in &raw.expect {
+    for (k, v) in &raw.expect.0 {
         let path = format!("expect.{k}");
         let a = Anomaly::from_name(k).ok_or_else(|| {
             ctx.err(
@@ -1072,6 +1090,7 @@ mod corpus {
             let want = text
                 .lines()
                 .next()
+                .map(|l| l.trim_start_matches('\u{feff}'))
                 .and_then(|l| l.strip_prefix("# error: "))
                 .unwrap_or_else(|| panic!("{}: first line must be '# error: ...'", path.display()));
             let shown = Path::new("broken").join(path.file_name().unwrap());

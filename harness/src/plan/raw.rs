@@ -2,8 +2,46 @@
 //! unknown keys. `Plan::parse` turns them into the typed plan.
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 
-use serde::Deserialize;
+use serde::de::{Error as _, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+/// A mapping of names to values that refuses a name given twice (a plain
+/// map would keep the last one silently: `{ lost: 0, lost: any }`).
+#[derive(Debug)]
+pub struct UniqueMap<V>(pub BTreeMap<String, V>);
+
+impl<V> Default for UniqueMap<V> {
+    fn default() -> Self {
+        UniqueMap(BTreeMap::new())
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for Keys<V> {
+            type Value = UniqueMap<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping of names to values, e.g. { lost: 0 }")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    if out.contains_key(&k) {
+                        return Err(A::Error::custom(format!(
+                            "duplicate key `{k}`: give each key once"
+                        )));
+                    }
+                    out.insert(k, m.next_value()?);
+                }
+                Ok(UniqueMap(out))
+            }
+        }
+        d.deserialize_map(Keys(PhantomData))
+    }
+}
 
 /// A YAML scalar kept as text (numbers, booleans and strings alike), so that
 /// validation can give one precise error for each field.
@@ -46,7 +84,7 @@ pub struct RawPlan {
     #[serde(default)]
     pub faults: Vec<RawFault>,
     #[serde(default)]
-    pub expect: BTreeMap<String, Scalar>,
+    pub expect: UniqueMap<Scalar>,
     #[serde(default)]
     pub drain: RawDrain,
 }
@@ -57,7 +95,7 @@ pub struct RawCluster {
     pub broker: Option<String>,
     pub nodes: Option<u32>,
     #[serde(default)]
-    pub settings: BTreeMap<String, Scalar>,
+    pub settings: UniqueMap<Scalar>,
     pub recipe: Option<RawRecipe>,
 }
 

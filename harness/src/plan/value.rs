@@ -4,7 +4,14 @@
 
 use std::time::Duration;
 
-/// Parses "250ms", "10s", "1.5s", "2m", "1h".
+/// The longest duration a plan may give anywhere (a week).
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The lowest and highest producer rate a plan may give, per second.
+pub const MIN_RATE: f64 = 1.0 / 60.0;
+pub const MAX_RATE: f64 = 10_000_000.0;
+
+/// Parses "250ms", "10s", "1.5s", "2m", "1h"; at most `MAX_DURATION`.
 pub fn duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let (num, unit) = t
@@ -28,6 +35,11 @@ pub fn duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!(
+            "invalid duration {s:?}: too long (at most 168h, a week)"
+        ));
+    }
     Ok(Duration::from_secs_f64(secs))
 }
 
@@ -43,13 +55,21 @@ pub fn rate(s: &str) -> Result<f64, String> {
     if !n.is_finite() || n <= 0.0 {
         return Err(format!("invalid rate {s:?}: must be positive"));
     }
-    match per.trim() {
-        "s" => Ok(n),
-        "m" => Ok(n / 60.0),
-        other => Err(format!(
-            "invalid rate {s:?}: unknown unit /{other} (use /s or /m)"
-        )),
+    let per_second = match per.trim() {
+        "s" => n,
+        "m" => n / 60.0,
+        other => {
+            return Err(format!(
+                "invalid rate {s:?}: unknown unit /{other} (use /s or /m)"
+            ))
+        }
+    };
+    if !(MIN_RATE..=MAX_RATE).contains(&per_second) {
+        return Err(format!(
+            "invalid rate {s:?}: must be between 1/m and 10000000/s"
+        ));
     }
+    Ok(per_second)
 }
 
 /// Parses "A..B" with both ends inclusive, or a single value as A..A.
@@ -241,6 +261,13 @@ mod tests {
         assert!(duration("10").unwrap_err().contains("needs a unit"));
         assert!(duration("10 seconds").unwrap_err().contains("unknown unit"));
         assert!(duration("-1s").unwrap_err().contains("negative"));
+        assert_eq!(duration("168h"), Ok(MAX_DURATION));
+        for huge in ["169h", "1000000000000s", "99999999999999999999h"] {
+            assert!(
+                duration(huge).unwrap_err().contains("at most 168h"),
+                "{huge}"
+            );
+        }
     }
 
     #[test]
@@ -249,6 +276,10 @@ mod tests {
         assert_eq!(rate("120/m"), Ok(2.0));
         assert!(rate("-5/s").unwrap_err().contains("positive"));
         assert!(rate("fast").unwrap_err().contains("expected N/s"));
+        assert_eq!(rate("1/m"), Ok(1.0 / 60.0));
+        for bad in ["0.0000001/s", "1e-300/s", "1e12/s"] {
+            assert!(rate(bad).unwrap_err().contains("between 1/m and"), "{bad}");
+        }
         assert_eq!(
             range("64..1024", |v| v.parse::<u32>().map_err(|e| e.to_string())),
             Ok((64, 1024))
