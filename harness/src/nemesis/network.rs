@@ -278,6 +278,62 @@ mod tests {
 
     const NODES: [u32; 5] = [1, 2, 3, 4, 5];
 
+    /// Validation refuses a shape that cuts nothing (`Shape::cuts_nothing`):
+    /// it must say so exactly when the cut is empty, on 1 to 9 nodes.
+    #[test]
+    fn validation_knows_which_shapes_cut_nothing() {
+        for n in 1..=9u32 {
+            let nodes: Vec<u32> = (1..=n).collect();
+            let mut shapes = vec![
+                Shape::Halves,
+                Shape::Bridge,
+                Shape::MajoritiesRing,
+                Shape::OneWay(None),
+                Shape::Isolate(nodes.clone()),
+                Shape::Isolate(vec![1]),
+                Shape::Isolate(vec![1, 1]),
+                Shape::OneWay(Some((1, 1))),
+            ];
+            if n >= 2 {
+                shapes.push(Shape::OneWay(Some((1, 2))));
+            }
+            for shape in shapes {
+                for seed in 0..5 {
+                    let mut d = Draw::new(seed, "t");
+                    let c = cut(&shape, &nodes, false, &mut d);
+                    assert_eq!(
+                        c.pairs.is_empty(),
+                        shape.cuts_nothing(n, false).is_some(),
+                        "{shape:?} on {n} nodes: {:?}",
+                        c.pairs
+                    );
+                }
+            }
+            // isolate-leader is resolved to the leader's node at run time.
+            let c = cut(
+                &Shape::Isolate(vec![n]),
+                &nodes,
+                false,
+                &mut Draw::new(1, "t"),
+            );
+            assert_eq!(
+                c.pairs.is_empty(),
+                Shape::IsolateLeader(None).cuts_nothing(n, false).is_some()
+            );
+            // With clients, isolating cuts the clients off the isolated nodes.
+            let c = cut(
+                &Shape::Isolate(nodes.clone()),
+                &nodes,
+                true,
+                &mut Draw::new(1, "t"),
+            );
+            assert!(!c.clients.is_empty());
+            assert!(Shape::Isolate(nodes.clone())
+                .cuts_nothing(n, true)
+                .is_none());
+        }
+    }
+
     #[test]
     fn shapes_cut_what_they_say() {
         let mut d = Draw::new(1, "t");

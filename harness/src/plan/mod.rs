@@ -487,6 +487,14 @@ fn actions_of(
             if kind.needs_nft() && nodes < 2 && !with_clients {
                 return Err(ctx.err(&kpath, format!("{} needs at least 2 nodes", kind.name())));
             }
+            if let FaultKind::Partition { shape, .. } = &kind {
+                if let Some(why) = shape.cuts_nothing(nodes, with_clients) {
+                    return Err(ctx.err(
+                        &kpath,
+                        format!("partition {v:?} can never act: {why}", v = v.to_string()),
+                    ));
+                }
+            }
             if let FaultKind::Partition { .. } = kind {
                 return Ok(Some(FaultAction {
                     kind,
@@ -512,6 +520,23 @@ fn actions_of(
                 }));
             }
             let target = value::target(&v.to_string(), nodes).map_err(|m| ctx.err(&kpath, m))?;
+            if target.size(nodes) == 0 {
+                return Err(ctx.err(
+                    &kpath,
+                    format!(
+                        "{} {target} can never act: a minority of {nodes} nodes is no node",
+                        kind.name()
+                    ),
+                ));
+            }
+            if matches!(kind, FaultKind::PacketLoss { clients: false, .. })
+                && target.size(nodes) < 2
+            {
+                return Err(ctx.err(
+                    &kpath,
+                    format!("packet-loss {target} can never act: it drops packets between its targets, and {target} is one node of {nodes} (name 2 or more nodes, or add clients: true)"),
+                ));
+            }
             Ok(Some(FaultAction {
                 kind,
                 target,
@@ -938,6 +963,15 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
                 return Err(ctx.err(
                     &format!("{path}.random"),
                     "the shortest interval must be at least 100ms",
+                ));
+            }
+            if interval.0 >= duration {
+                return Err(ctx.err(
+                    &format!("{path}.random"),
+                    format!(
+                        "the first fault would come after the end of the run (the shortest interval is {:?}, the run lasts {:?})",
+                        interval.0, duration
+                    ),
                 ));
             }
             Schedule::Random { interval }

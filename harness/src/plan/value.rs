@@ -135,6 +135,21 @@ impl std::fmt::Display for Target {
     }
 }
 
+impl Target {
+    /// How many of `nodes` nodes the target names when it acts.
+    pub fn size(&self, nodes: u32) -> u32 {
+        match self {
+            Target::All => nodes,
+            Target::Nodes(ids) => {
+                ids.iter().collect::<std::collections::BTreeSet<_>>().len() as u32
+            }
+            Target::Random | Target::Leader(_) | Target::Follower(_) => 1,
+            Target::Minority => nodes.saturating_sub(1) / 2,
+            Target::Majority => nodes / 2 + 1,
+        }
+    }
+}
+
 /// Parses a target; node ids must be in 1..=nodes.
 pub fn target(s: &str, nodes: u32) -> Result<Target, String> {
     let node_list = |list: &str| -> Result<Target, String> {
@@ -203,6 +218,36 @@ pub enum Shape {
     Bridge,
     /// A cannot reach B; B reaches A (drawn when not given).
     OneWay(Option<(u32, u32)>),
+}
+
+impl Shape {
+    /// Why this shape cuts no connection among `nodes` nodes, nor (with
+    /// `clients`) the clients off a node (None: it cuts something).
+    /// `network::cut` is tested to agree.
+    pub fn cuts_nothing(&self, nodes: u32, clients: bool) -> Option<String> {
+        if clients && matches!(self, Shape::Isolate(_) | Shape::IsolateLeader(_)) {
+            return None;
+        }
+        let need = |min: u32, what: &str| {
+            (nodes < min)
+                .then(|| format!("{what} needs at least {min} nodes, the cluster has {nodes}"))
+        };
+        match self {
+            Shape::IsolateLeader(_) => need(2, "isolating the leader"),
+            Shape::Halves => need(2, "halves"),
+            Shape::Bridge => need(3, "a bridge"),
+            Shape::MajoritiesRing => need(4, "majorities-ring"),
+            Shape::OneWay(None) => need(2, "one-way"),
+            Shape::OneWay(Some((a, b))) => {
+                (a == b).then(|| format!("one-way from node {a} to itself cuts nothing"))
+            }
+            Shape::Isolate(ids) => {
+                let distinct: std::collections::BTreeSet<&u32> = ids.iter().collect();
+                (distinct.len() as u32 >= nodes)
+                    .then(|| "isolating every node leaves no other side to cut off".to_string())
+            }
+        }
+    }
 }
 
 /// Parses a partition shape.
