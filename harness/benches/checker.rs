@@ -55,6 +55,7 @@ fn main() {
                 partitions: 8,
                 max_in_flight: 5,
                 retries: 2,
+                consumers: 0,
             },
         );
         let mut next = [0i64; 8];

@@ -159,6 +159,7 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
             partitions: plan.topic.partitions,
             max_in_flight: plan.producers.max_in_flight,
             retries: plan.producers.retries,
+            consumers: plan.consumers.count,
         },
     );
 

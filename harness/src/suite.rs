@@ -118,10 +118,17 @@ fn one(path: &Path, opts: &SuiteOptions, rt: &tokio::runtime::Runtime) -> PlanRe
                 run_dir: r.dir.display().to_string(),
                 summary: r.summary.clone(),
                 unmet: o
-                    .expectations
+                    .floor
                     .iter()
-                    .filter(|e| e.met != Some(true))
-                    .map(|e| format!("{} {} (wanted {})", e.anomaly.name(), e.got, e.wanted))
+                    .map(|why| format!("unknown: {why}"))
+                    .chain(
+                        o.expectations
+                            .iter()
+                            .filter(|e| e.met != Some(true))
+                            .map(|e| {
+                                format!("{} {} (wanted {})", e.anomaly.name(), e.got, e.wanted)
+                            }),
+                    )
                     .collect(),
                 first_lost: o
                     .lost

@@ -61,6 +61,16 @@ pub struct FaultWindow {
     pub end: Option<u64>,
 }
 
+/// How often one plan fault acted, and why it did not when it did not.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FaultLine {
+    pub fault: String,
+    pub acted: u32,
+    pub skipped: u32,
+    /// Why its last skipped firing had nothing to act on.
+    pub reason: String,
+}
+
 /// An offset seen with two different values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conflict {
@@ -87,6 +97,10 @@ pub struct Facts {
     pub plan: String,
     pub seed: u64,
     pub max_in_flight: u32,
+    /// Consumers the plan ran.
+    pub consumers: u32,
+    /// Per plan fault (index in `faults:`): firings that acted or not.
+    pub fault_lines: BTreeMap<u32, FaultLine>,
     /// Per harness value (producer, sequence): attempts, ack, drain.
     sends: Dense<SendState>,
     /// Per (partition, offset): the value first seen there.
@@ -322,11 +336,23 @@ impl Facts {
                         plan,
                         seed,
                         max_in_flight,
+                        consumers,
                         ..
                     } => {
                         self.plan = plan;
                         self.seed = seed;
                         self.max_in_flight = max_in_flight;
+                        self.consumers = consumers;
+                    }
+                    EventKind::FaultSkipped {
+                        fault,
+                        line,
+                        reason,
+                    } => {
+                        let l = self.fault_lines.entry(line).or_default();
+                        l.fault = fault;
+                        l.skipped += 1;
+                        l.reason = reason;
                     }
                     EventKind::Assign { .. }
                     | EventKind::ConsumerStart
@@ -340,7 +366,13 @@ impl Facts {
                         fault,
                         targets,
                         detail,
+                        line,
                     } => {
+                        if let Some(line) = line {
+                            let l = self.fault_lines.entry(line).or_default();
+                            l.fault = fault.clone();
+                            l.acted += 1;
+                        }
                         self.faults.push(FaultWindow {
                             id,
                             fault,

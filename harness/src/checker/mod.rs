@@ -47,7 +47,8 @@ pub struct Expectation {
     pub anomaly: Anomaly,
     pub wanted: String,
     pub got: u64,
-    /// None when it cannot be told (the drain did not finish).
+    /// None when it cannot be told (the drain did not finish, or the run
+    /// is below the floor).
     pub met: Option<bool>,
 }
 
@@ -75,6 +76,9 @@ pub struct Outcome {
     pub verdict: Verdict,
     pub drain_complete: bool,
     pub drain_error: Option<String>,
+    /// Why the run cannot be judged although the drain finished (see
+    /// [`floor`]); the verdict is then unknown unless it is invalid.
+    pub floor: Vec<String>,
     /// Ranges the broker reported but did not serve to the drain.
     pub unreadable: Vec<crate::history::Unreadable>,
     pub stats: Stats,
@@ -88,6 +92,33 @@ pub struct Outcome {
     pub expectations: Vec<Expectation>,
     /// Whether every expectation is met (false when any cannot be told).
     pub expectations_met: bool,
+}
+
+/// Why a run whose drain finished still cannot be judged: the workload did
+/// no real work, or a plan fault never acted (empty: it can be judged).
+pub fn floor(f: &Facts, stats: &Stats) -> Vec<String> {
+    let mut why = Vec::new();
+    if stats.acked == 0 {
+        why.push(format!(
+            "the workload did no real work: {} messages sent, none acknowledged",
+            stats.sent
+        ));
+    }
+    if f.consumers > 0 && stats.delivered == 0 {
+        why.push(format!(
+            "the {} consumers processed no message",
+            f.consumers
+        ));
+    }
+    for (line, l) in &f.fault_lines {
+        if l.acted == 0 {
+            why.push(format!(
+                "faults[{line}] ({}) never acted: due {} times, each time with nothing to act on (last: {})",
+                l.fault, l.skipped, l.reason
+            ));
+        }
+    }
+    why
 }
 
 /// Checks a history against expectations.
@@ -175,7 +206,28 @@ pub fn evaluate(f: &Facts, expect: &BTreeMap<Anomaly, Expect>) -> Outcome {
     for d in &dups {
         *duplicates_by_cause.entry(d.cause.to_string()).or_insert(0) += 1;
     }
+    let stats = Stats {
+        sent: f.sends().filter(|(_, s)| s.attempts > 0).count() as u64,
+        attempts: f.sends().map(|(_, s)| u64::from(s.attempts)).sum(),
+        acked: f.sends().filter(|(_, s)| s.ok.is_some()).count() as u64,
+        failed: f
+            .sends()
+            .filter(|(_, s)| s.ok.is_none() && s.infos == 0 && s.fails > 0)
+            .count() as u64,
+        indeterminate: f
+            .sends()
+            .filter(|(_, s)| s.ok.is_none() && s.infos > 0)
+            .count() as u64,
+        delivered: f.delivered_total,
+        drained: f.drained_total,
+        events: f.events,
+    };
     let drain_complete = f.drain_complete == Some(true);
+    let floor = if drain_complete {
+        floor(f, &stats)
+    } else {
+        Vec::new()
+    };
     let invalid = counts.iter().any(|(a, n)| a.fails_by_default() && *n > 0);
     let verdict = if !drain_complete {
         // Without a full drain, absent messages prove nothing; only
@@ -194,9 +246,12 @@ pub fn evaluate(f: &Facts, expect: &BTreeMap<Anomaly, Expect>) -> Outcome {
         }
     } else if invalid {
         Verdict::Invalid
+    } else if !floor.is_empty() {
+        Verdict::Unknown
     } else {
         Verdict::Valid
     };
+    let decidable = drain_complete && floor.is_empty();
     let expectations: Vec<Expectation> = expect
         .iter()
         .map(|(a, e)| {
@@ -205,31 +260,11 @@ pub fn evaluate(f: &Facts, expect: &BTreeMap<Anomaly, Expect>) -> Outcome {
                 anomaly: *a,
                 wanted: e.to_string(),
                 got,
-                met: if drain_complete {
-                    Some(e.met_by(got))
-                } else {
-                    None
-                },
+                met: decidable.then(|| e.met_by(got)),
             }
         })
         .collect();
     let expectations_met = expectations.iter().all(|e| e.met == Some(true));
-    let stats = Stats {
-        sent: f.sends().filter(|(_, s)| s.attempts > 0).count() as u64,
-        attempts: f.sends().map(|(_, s)| u64::from(s.attempts)).sum(),
-        acked: f.sends().filter(|(_, s)| s.ok.is_some()).count() as u64,
-        failed: f
-            .sends()
-            .filter(|(_, s)| s.ok.is_none() && s.infos == 0 && s.fails > 0)
-            .count() as u64,
-        indeterminate: f
-            .sends()
-            .filter(|(_, s)| s.ok.is_none() && s.infos > 0)
-            .count() as u64,
-        delivered: f.delivered_total,
-        drained: f.drained_total,
-        events: f.events,
-    };
     let examples = found
         .into_iter()
         .map(|(a, mut v)| {
@@ -241,6 +276,7 @@ pub fn evaluate(f: &Facts, expect: &BTreeMap<Anomaly, Expect>) -> Outcome {
         verdict,
         drain_complete,
         drain_error: f.drain_error.clone(),
+        floor,
         unreadable: f.unreadable.clone(),
         stats,
         counts,

@@ -25,6 +25,7 @@ impl H {
                 partitions: 3,
                 max_in_flight,
                 retries: 2,
+                consumers: 0,
             },
         );
         h
@@ -151,6 +152,7 @@ fn lost_is_listed_with_the_faults_around_its_ack() {
             fault: "kill".into(),
             targets: vec![2],
             detail: "leader".into(),
+            line: Some(0),
         },
     );
     h.ok("p0-0", 0, 0).ok("p0-1", 0, 1);
@@ -334,6 +336,75 @@ fn unfinished_drain_makes_the_verdict_unknown() {
     assert!(!o.expectations_met);
     assert!(o.expectations.iter().all(|e| e.met.is_none()));
     assert_eq!(o.drain_error.as_deref(), Some("timed out"));
+}
+
+#[test]
+fn a_run_below_the_floor_is_unknown_with_its_reasons() {
+    // Nothing acknowledged, consumers that processed nothing, and a plan
+    // fault that was due twice and never had anything to act on.
+    let mut h = H::new(5);
+    h.events[0].kind = EventKind::Run {
+        plan: "t".into(),
+        seed: 1,
+        partitions: 1,
+        max_in_flight: 5,
+        retries: 2,
+        consumers: 2,
+    };
+    h.invoke("p0-0", 1);
+    for _ in 0..2 {
+        h.ev(
+            "nemesis",
+            EventKind::FaultSkipped {
+                fault: "kill".into(),
+                line: 1,
+                reason: "no follower of partition 0".into(),
+            },
+        );
+    }
+    let o = h.done();
+    assert_eq!(o.verdict, Verdict::Unknown);
+    assert!(!o.expectations_met);
+    assert!(o.expectations.iter().all(|e| e.met.is_none()));
+    assert_eq!(o.floor.len(), 3, "{:?}", o.floor);
+    assert!(o.floor[0].contains("none acknowledged"), "{:?}", o.floor);
+    assert!(
+        o.floor[1].contains("2 consumers processed no message"),
+        "{:?}",
+        o.floor
+    );
+    assert!(
+        o.floor[2].contains("faults[1] (kill) never acted: due 2 times")
+            && o.floor[2].contains("no follower"),
+        "{:?}",
+        o.floor
+    );
+
+    // The same run with real work, and the fault acting once: valid.
+    let mut h = H::new(5);
+    h.ok("p0-0", 0, 0);
+    h.ev(
+        "nemesis",
+        EventKind::FaultSkipped {
+            fault: "kill".into(),
+            line: 1,
+            reason: "no follower of partition 0".into(),
+        },
+    );
+    h.ev(
+        "nemesis",
+        EventKind::FaultStart {
+            id: 2,
+            fault: "kill".into(),
+            targets: vec![3],
+            detail: "follower".into(),
+            line: Some(1),
+        },
+    );
+    h.drain("p0-0", 0, 0);
+    let o = h.done();
+    assert!(o.floor.is_empty(), "{:?}", o.floor);
+    assert_eq!(o.verdict, Verdict::Valid);
 }
 
 #[test]

@@ -182,11 +182,46 @@ pub async fn publish(
     }
 }
 
+/// The stream's leader and last sequence, as stream info reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StreamView {
+    leader: String,
+    last: u64,
+    first: u64,
+}
+
+impl StreamView {
+    fn of(info: &stream::Info) -> StreamView {
+        StreamView {
+            leader: info
+                .cluster
+                .as_ref()
+                .and_then(|c| c.leader.clone())
+                .unwrap_or_else(|| "none".into()),
+            last: info.state.last_sequence,
+            first: info.state.first_sequence,
+        }
+    }
+}
+
+/// What one read of the stream found.
+enum StreamRead {
+    /// The stream does not exist any more: it holds nothing.
+    Gone(String),
+    Read {
+        view: StreamView,
+        records: Vec<(i64, String)>,
+        unreadable: Option<Unreadable>,
+    },
+}
+
 /// Reads the stream from sequence 1 to its last sequence with a fresh
-/// consumer; returns {0: last sequence + 1} when it got there. A stream
-/// whose leader reports sequences that the consumer does not deliver for
-/// the drain's patience is unreadable from there (a finding, see
-/// `workload::drain`), not an unfinished drain.
+/// consumer, then asks for stream info again: when the leader or the last
+/// sequence moved meanwhile, it reads again (only a confirmed read is
+/// recorded). Returns {0: last sequence + 1}. A stream whose leader reports
+/// sequences that the consumer does not deliver for the drain's patience
+/// is unreadable from there (a finding, see `workload::drain`), not an
+/// unfinished drain.
 pub async fn drain(
     bootstrap: &str,
     topic: &str,
@@ -195,52 +230,114 @@ pub async fn drain(
 ) -> Result<(BTreeMap<i32, i64>, Vec<Unreadable>), String> {
     let deadline = Instant::now() + timeout;
     let patience = crate::workload::drain::patience(timeout);
+    for attempt in 1.. {
+        let (view, records, unreadable) =
+            match read_stream(bootstrap, topic, timeout, deadline, patience).await? {
+                StreamRead::Gone(why) => {
+                    history.record("drain", EventKind::Note { message: why });
+                    return Ok((BTreeMap::from([(0, 0)]), Vec::new()));
+                }
+                StreamRead::Read {
+                    view,
+                    records,
+                    unreadable,
+                } => (view, records, unreadable),
+            };
+        let now = stream_info(bootstrap, topic)
+            .await
+            .map(|i| StreamView::of(&i));
+        match now {
+            Ok(now) if now == view => {
+                for (offset, value) in records {
+                    history.record(
+                        "drain",
+                        EventKind::Drain {
+                            partition: 0,
+                            offset,
+                            value,
+                        },
+                    );
+                }
+                return Ok((
+                    BTreeMap::from([(0, view.last as i64 + 1)]),
+                    unreadable.into_iter().collect(),
+                ));
+            }
+            other => {
+                let why = match other {
+                    Ok(now) => format!(
+                        "stream leader {} last sequence {} became leader {} last sequence {}",
+                        view.leader, view.last, now.leader, now.last
+                    ),
+                    Err(e) => format!("stream info after the read: {e}"),
+                };
+                history.record(
+                    "drain",
+                    EventKind::Note {
+                        message: format!(
+                            "drain attempt {attempt} not confirmed: {why}; reading again"
+                        ),
+                    },
+                );
+                if Instant::now() >= deadline {
+                    return Err(format!("drain not confirmed before the timeout: {why}"));
+                }
+            }
+        }
+    }
+    unreachable!("the attempts loop only ends by returning")
+}
+
+async fn stream_info(bootstrap: &str, topic: &str) -> Result<stream::Info, String> {
+    let js = jetstream::new(connect(bootstrap).await?);
+    let s = js.get_stream(topic).await.map_err(|e| e.to_string())?;
+    s.get_info().await.map_err(|e| e.to_string())
+}
+
+/// One read of the whole stream (see `drain`).
+async fn read_stream(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+    deadline: Instant,
+    patience: Duration,
+) -> Result<StreamRead, String> {
     let mut last_error = String::new();
     // JetStream answering "stream not found" this long: the stream is gone.
     let gone_after = (timeout / 3).max(Duration::from_secs(10));
     let mut not_found_since: Option<Instant> = None;
-    let (js, stream, last) = loop {
+    let (stream, view) = loop {
         if Instant::now() >= deadline {
             return Err(format!("stream info: {last_error}"));
         }
         match connect(bootstrap).await {
-            Ok(c) => {
-                let js = jetstream::new(c);
-                match js.get_stream(topic).await {
-                    Ok(s) => match s.get_info().await {
-                        Ok(info) => {
-                            let last = info.state.last_sequence;
-                            break (js, s, last);
+            Ok(c) => match jetstream::new(c).get_stream(topic).await {
+                Ok(s) => match s.get_info().await {
+                    Ok(info) if info.cluster.as_ref().is_none_or(|c| c.leader.is_some()) => {
+                        break (s, StreamView::of(&info))
+                    }
+                    Ok(_) => last_error = "the stream has no leader".into(),
+                    Err(e) => last_error = e.to_string(),
+                },
+                Err(e) => {
+                    last_error = e.to_string();
+                    if last_error.contains("stream not found") {
+                        let since = *not_found_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= gone_after {
+                            return Ok(StreamRead::Gone(format!(
+                                "stream {topic} does not exist any more ({last_error} for {gone_after:?}): it holds nothing"
+                            )));
                         }
-                        Err(e) => last_error = e.to_string(),
-                    },
-                    Err(e) => {
-                        last_error = e.to_string();
-                        if last_error.contains("stream not found") {
-                            let since = *not_found_since.get_or_insert_with(Instant::now);
-                            if since.elapsed() >= gone_after {
-                                history.record(
-                                    "drain",
-                                    EventKind::Note {
-                                        message: format!(
-                                            "stream {topic} does not exist any more ({last_error} for {gone_after:?}): it holds nothing"
-                                        ),
-                                    },
-                                );
-                                return Ok((BTreeMap::from([(0, 0)]), Vec::new()));
-                            }
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            continue;
-                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
                     }
                 }
-            }
+            },
             Err(e) => last_error = e,
         }
         not_found_since = None;
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    drop(js);
     let consumer = stream
         .create_consumer(consumer::pull::Config {
             deliver_policy: consumer::DeliverPolicy::All,
@@ -250,6 +347,8 @@ pub async fn drain(
         })
         .await
         .map_err(|e| format!("drain consumer: {e}"))?;
+    let last = view.last;
+    let mut records = Vec::new();
     let mut next = 1u64;
     let mut stalled_since: Option<Instant> = None;
     while next <= last {
@@ -258,29 +357,26 @@ pub async fn drain(
         }
         let since = *stalled_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= patience {
-            // Stable and reporting what it does not serve: name the range.
-            let info = stream
-                .get_info()
-                .await
-                .map_err(|e| format!("stream info after a stall at sequence {next}: {e}"))?;
-            let leader = info
-                .cluster
-                .as_ref()
-                .and_then(|c| c.leader.clone())
-                .unwrap_or_else(|| "none".into());
+            // Reporting what it does not serve: name the range (the
+            // confirmation in `drain` proves the stream stayed stable).
             let unreadable = Unreadable {
                 partition: 0,
                 from: next as i64,
                 to: last as i64 + 1,
                 waited_ms: since.elapsed().as_millis() as u64,
                 reason: format!(
-                    "stream leader {leader} reports sequences {}..={} (drain started at last {last}); the consumer delivered nothing from {next}{}",
-                    info.state.first_sequence,
-                    info.state.last_sequence,
+                    "stream leader {} reports sequences {}..={}; the consumer delivered nothing from {next}{}",
+                    view.leader,
+                    view.first,
+                    view.last,
                     if last_error.is_empty() { String::new() } else { format!(" ({last_error})") }
                 ),
             };
-            return Ok((BTreeMap::from([(0, last as i64 + 1)]), vec![unreadable]));
+            return Ok(StreamRead::Read {
+                view,
+                records,
+                unreadable: Some(unreadable),
+            });
         }
         let mut batch = match consumer
             .batch()
@@ -300,19 +396,16 @@ pub async fn drain(
             let Ok(m) = m else { break };
             let Ok(info) = m.info() else { continue };
             let seq = info.stream_sequence;
-            history.record(
-                "drain",
-                EventKind::Drain {
-                    partition: 0,
-                    offset: seq as i64,
-                    value: value_of(Some(&m.payload)),
-                },
-            );
+            records.push((seq as i64, value_of(Some(&m.payload))));
             if seq >= next {
                 stalled_since = None;
             }
             next = next.max(seq + 1);
         }
     }
-    Ok((BTreeMap::from([(0, last as i64 + 1)]), Vec::new()))
+    Ok(StreamRead::Read {
+        view,
+        records,
+        unreadable: None,
+    })
 }

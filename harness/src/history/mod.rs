@@ -37,6 +37,9 @@ pub enum EventKind {
         partitions: i32,
         max_in_flight: u32,
         retries: u32,
+        /// Consumers the plan runs (a run with consumers must deliver).
+        #[serde(default)]
+        consumers: u32,
     },
     /// A send attempt starts.
     Invoke { value: String, attempt: u32 },
@@ -79,6 +82,16 @@ pub enum EventKind {
         fault: String,
         targets: Vec<u32>,
         detail: String,
+        /// The plan fault (index in `faults:`) it comes from.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        line: Option<u32>,
+    },
+    /// A fault was due but had nothing to act on (no leader, no follower,
+    /// no consumer alive, a cut that cuts nothing).
+    FaultSkipped {
+        fault: String,
+        line: u32,
+        reason: String,
     },
     /// A fault's inverse completed.
     FaultEnd {
@@ -333,6 +346,7 @@ mod tests {
                 fault: "kill".into(),
                 targets: vec![1],
                 detail: "leader".into(),
+                line: Some(0),
             },
         );
         h.flush().unwrap();

@@ -175,6 +175,19 @@ impl Nemesis {
         }
     }
 
+    /// A due fault that had nothing to act on: recorded, so that a plan
+    /// fault that never acts leaves the verdict unknown.
+    fn skipped(&self, p: &Planned, reason: String) {
+        self.history.record(
+            "nemesis",
+            EventKind::FaultSkipped {
+                fault: p.action.kind.name().into(),
+                line: p.line,
+                reason,
+            },
+        );
+    }
+
     async fn apply(&mut self, p: &Planned) -> Result<(), Error> {
         self.next_id += 1;
         let id = self.next_id;
@@ -192,6 +205,10 @@ impl Nemesis {
         }
         if *kind == FaultKind::ConsumerCrash {
             let crashed = self.consumers.crash(*consumers as usize, &mut self.draw);
+            if crashed.is_empty() {
+                self.skipped(p, "no consumer was running".into());
+                return Ok(());
+            }
             self.history.record(
                 "nemesis",
                 EventKind::FaultStart {
@@ -199,6 +216,7 @@ impl Nemesis {
                     fault: name.into(),
                     targets: vec![],
                     detail: format!("consumers {crashed:?}"),
+                    line: Some(p.line),
                 },
             );
             self.history.record(
@@ -213,12 +231,7 @@ impl Nemesis {
         }
         let (nodes, detail) = self.resolve(target).await;
         if nodes.is_empty() {
-            self.history.record(
-                "nemesis",
-                EventKind::Note {
-                    message: format!("{name}#{id} skipped: {detail}"),
-                },
-            );
+            self.skipped(p, detail);
             return Ok(());
         }
         self.history.record(
@@ -228,6 +241,7 @@ impl Nemesis {
                 fault: name.into(),
                 targets: nodes.clone(),
                 detail,
+                line: Some(p.line),
             },
         );
         let cluster = self.cluster.clone();
@@ -314,12 +328,7 @@ impl Nemesis {
                     Shape::IsolateLeader(part) => {
                         let (leader, why) = self.resolve(&Target::Leader(*part)).await;
                         if leader.is_empty() {
-                            self.history.record(
-                                "nemesis",
-                                EventKind::Note {
-                                    message: format!("{name}#{id} skipped: {why}"),
-                                },
-                            );
+                            self.skipped(p, why);
                             return Ok(());
                         }
                         Shape::Isolate(leader)
@@ -346,6 +355,10 @@ impl Nemesis {
             .collect();
         targets.sort_unstable();
         targets.dedup();
+        if targets.is_empty() {
+            self.skipped(p, format!("the cut {} drops nothing", cut.describe()));
+            return Ok(());
+        }
         self.history.record(
             "nemesis",
             EventKind::FaultStart {
@@ -353,6 +366,7 @@ impl Nemesis {
                 fault: name.into(),
                 targets: targets.clone(),
                 detail: cut.describe(),
+                line: Some(p.line),
             },
         );
         blocking(move || network::apply(id, &cut)).await?;

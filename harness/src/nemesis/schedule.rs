@@ -13,6 +13,8 @@ pub struct Planned {
     pub action: FaultAction,
     /// How long until the inverse; None: until the end-of-run heal.
     pub hold: Option<Duration>,
+    /// The plan fault it comes from (index in `faults:`).
+    pub line: u32,
 }
 
 fn between(d: &mut Draw, (a, b): (Duration, Duration)) -> Duration {
@@ -38,7 +40,7 @@ fn pick(d: &mut Draw, actions: &[(FaultAction, u32)]) -> FaultAction {
 pub fn timeline(faults: &[FaultSpec], duration: Duration, seed: u64) -> Vec<Planned> {
     let mut d = Draw::new(seed, "nemesis");
     let mut out = Vec::new();
-    for f in faults {
+    for (line, f) in faults.iter().enumerate() {
         let mut times = Vec::new();
         match f.schedule {
             Schedule::At(at) => times.push(at),
@@ -60,7 +62,12 @@ pub fn timeline(faults: &[FaultSpec], duration: Duration, seed: u64) -> Vec<Plan
         for at in times.into_iter().filter(|t| *t < duration) {
             let action = pick(&mut d, &f.actions);
             let hold = f.hold.map(|h| between(&mut d, h));
-            out.push(Planned { at, action, hold });
+            out.push(Planned {
+                at,
+                action,
+                hold,
+                line: line as u32,
+            });
         }
     }
     out.sort_by_key(|p| p.at);

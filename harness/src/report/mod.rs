@@ -39,6 +39,8 @@ struct Results<'a> {
     seed: u64,
     valid: Option<bool>,
     verdict: Verdict,
+    /// Why the run cannot be judged although the drain finished.
+    unknown_because: &'a [String],
     expectations_met: bool,
     expectations: &'a [crate::checker::Expectation],
     counts: BTreeMap<String, u64>,
@@ -98,6 +100,7 @@ pub fn write_results(
             Verdict::Unknown => None,
         },
         verdict: o.verdict,
+        unknown_because: &o.floor,
         expectations_met: o.expectations_met,
         expectations: &o.expectations,
         counts: counts(o),
@@ -161,6 +164,9 @@ pub fn summary(
     }
     for u in &o.unreadable {
         out += &format!("unreadable: {u}\n");
+    }
+    for why in &o.floor {
+        out += &format!("unknown: {why}\n");
     }
     out += &format!("{:<22}{:>10}  {:<8}{}\n", "anomaly", "count", "wanted", "");
     for e in &o.expectations {
