@@ -361,16 +361,13 @@ impl Plan {
             let message = inner.to_string();
             // serde_yaml appends " at line L column C" and may start with the
             // key path; the error's prefix says both already.
-            let mut message = message
-                .split(" at line ")
-                .next()
-                .unwrap_or(&message)
-                .to_string();
-            let path = if path == "." || path == "?" {
-                String::new()
-            } else {
-                path
-            };
+            let mut message = plain_words(message.split(" at line ").next().unwrap_or(&message));
+            // `?` stands for a key the parser could not read: leave it out.
+            let path = path
+                .split('.')
+                .filter(|k| *k != "?" && !k.is_empty())
+                .collect::<Vec<_>>()
+                .join(".");
             let parent = path
                 .rsplit_once('.')
                 .map_or(path.as_str(), |(p, _)| p)
@@ -392,6 +389,94 @@ impl Plan {
         })?;
         validate(&ctx, raw)
     }
+}
+
+/// The parser's words for what a plan should contain, in the plan's own
+/// terms (no Rust type names).
+pub fn plain_words(message: &str) -> String {
+    const WORDS: [(&str, &str); 28] = [
+        ("expected field identifier", "expected a key name"),
+        ("expected variant identifier", "expected a name"),
+        (
+            "data did not match any variant of untagged enum Scalar",
+            "expected one value (a number, true/false or text), not a list or a mapping",
+        ),
+        (
+            "expected struct RawPlan",
+            "expected a plan: a mapping with at least name and duration",
+        ),
+        (
+            "expected struct RawCluster",
+            "expected a mapping, e.g. { broker: builtin, nodes: 3 }",
+        ),
+        (
+            "expected struct RawRecipe",
+            "expected a mapping, e.g. { command: [...], ready: tcp }",
+        ),
+        (
+            "expected struct RawTopic",
+            "expected a mapping, e.g. { partitions: 3, replication_factor: 3 }",
+        ),
+        (
+            "expected struct RawProducers",
+            "expected a mapping, e.g. { count: 2, rate: 1000/s, acks: all }",
+        ),
+        (
+            "expected struct RawConsumers",
+            "expected a mapping, e.g. { count: 2, commit: after-process }",
+        ),
+        (
+            "expected struct RawStorage",
+            "expected a mapping, e.g. { lazyfs: true }",
+        ),
+        (
+            "expected struct RawDrain",
+            "expected a mapping, e.g. { timeout: 60s }",
+        ),
+        (
+            "expected struct RawFault",
+            "expected a fault, e.g. { at: 10s, for: 2s, kill: leader }",
+        ),
+        (
+            "expected struct RawChoice",
+            "expected a choice, e.g. { kill: leader, weight: 2 }",
+        ),
+        (
+            "expected struct RawAction",
+            "expected a fault action, e.g. kill: leader",
+        ),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        (
+            "expected u64",
+            "expected a whole number from 0 to 18446744073709551615",
+        ),
+        (
+            "expected i16",
+            "expected a whole number from -32768 to 32767",
+        ),
+        (
+            "expected i32",
+            "expected a whole number from -2147483648 to 2147483647",
+        ),
+        ("expected a boolean", "expected true or false"),
+        ("expected a string", "expected text"),
+        ("expected a sequence", "expected a list"),
+        ("invalid type: map", "invalid type: a mapping"),
+        ("invalid type: sequence", "invalid type: a list"),
+        ("invalid type: unit value", "invalid type: nothing"),
+        ("missing field", "missing key"),
+        ("duplicate field", "duplicate key"),
+        ("unknown field", "unknown key"),
+    ];
+    let mut out = message.to_string();
+    for (from, to) in WORDS {
+        out = out.replace(from, to);
+    }
+    out
 }
 
 fn dur(ctx: &Ctx, path: &str, s: &str) -> Result<Duration, PlanError> {
@@ -1162,3 +1247,6 @@ mod corpus {
         assert!(valid >= 4, "only {valid} shipped plans");
     }
 }
+
+#[cfg(test)]
+mod fuzz;
