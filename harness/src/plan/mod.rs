@@ -327,6 +327,17 @@ impl Ctx<'_> {
     }
 }
 
+/// The placeholders a custom recipe's command may use.
+pub const RECIPE_PLACEHOLDERS: &[&str] = &[
+    "id",
+    "host",
+    "port",
+    "data_dir",
+    "peers",
+    "peer_port",
+    "peer_addrs",
+];
+
 /// Most producers, and most consumers, a plan may ask for.
 pub const MAX_CLIENTS: u32 = 1000;
 
@@ -785,6 +796,14 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
             }
         }
     }
+    if broker == BrokerKind::Custom {
+        if let Some(k) = settings.keys().next() {
+            return Err(ctx.err(
+                &format!("cluster.settings.{k}"),
+                "a custom broker takes no settings: give its flags in recipe.command",
+            ));
+        }
+    }
     let recipe = match (&broker, c.recipe) {
         (BrokerKind::Custom, None) => {
             return Err(ctx.err(
@@ -803,6 +822,10 @@ fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
                     "the recipe needs a command (a list: program and arguments)",
                 )
             })?;
+            for (i, arg) in command.iter().enumerate() {
+                value::check_placeholders(arg, RECIPE_PLACEHOLDERS)
+                    .map_err(|m| ctx.err(&format!("cluster.recipe.command[{i}]"), m))?;
+            }
             if !command.iter().any(|a| a.contains("{port}")) {
                 return Err(ctx.err(
                     "cluster.recipe.command",

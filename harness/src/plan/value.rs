@@ -72,6 +72,37 @@ pub fn rate(s: &str) -> Result<f64, String> {
     Ok(per_second)
 }
 
+/// Checks that every `{name}` in `arg` is one of `known` and that every
+/// `{` is closed.
+pub fn check_placeholders(arg: &str, known: &[&str]) -> Result<(), String> {
+    let list = || {
+        known
+            .iter()
+            .map(|k| format!("{{{k}}}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            return Err(format!(
+                "unclosed placeholder in {arg:?}: placeholders are {}",
+                list()
+            ));
+        };
+        let name = &after[..close];
+        if !known.contains(&name) {
+            return Err(format!(
+                "unknown placeholder {{{name}}} in {arg:?}: placeholders are {}",
+                list()
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    Ok(())
+}
+
 /// Parses "A..B" with both ends inclusive, or a single value as A..A.
 pub fn range<T: PartialOrd + Copy + std::fmt::Debug>(
     s: &str,
