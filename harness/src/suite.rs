@@ -190,7 +190,7 @@ pub fn run_suite(
     if repeat > 1 {
         println!("\n{}", repeat_table(&results));
     }
-    println!("\n{:<40}{:<8}{:>9}  run dir", "plan", "result", "time");
+    println!("\n{:<44}{:<8}{:>9}  run dir", "plan", "result", "time");
     for r in &results {
         let (result, dir) = match &r.outcome {
             PlanOutcome::Ran {
@@ -204,7 +204,7 @@ pub fn run_suite(
             PlanOutcome::Error { .. } => ("ERROR", "-"),
         };
         println!(
-            "{:<40}{:<8}{:>8.1}s  {dir}",
+            "{:<44}{:<8}{:>8.1}s  {dir}",
             r.name,
             result,
             r.duration.as_secs_f64()

@@ -49,6 +49,21 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Whether a test's prerequisite is here. Without it the test says
+/// SKIPPED and passes on a developer's machine, but fails under CI=true,
+/// where ci/test installs everything: a green CI must have run it.
+pub fn prerequisite(present: bool, what: &str) -> bool {
+    if present {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "CI=true and this test's prerequisite is missing: {what}"
+    );
+    eprintln!("SKIPPED: {what}");
+    false
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

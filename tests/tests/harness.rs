@@ -513,7 +513,10 @@ fn report_html_shows_the_timeline_and_renders_in_chromium() {
         .into_iter()
         .find(|p| Path::new(p).exists())
     else {
-        eprintln!("SKIPPED: rendering report.html needs chromium (ci/test installs it; apt-get install chromium)");
+        unlost_tests::prerequisite(
+            false,
+            "rendering report.html needs chromium (ci/test installs it; apt-get install chromium)",
+        );
         return;
     };
     let profile = tempfile::tempdir().unwrap();

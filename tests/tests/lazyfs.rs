@@ -14,8 +14,10 @@ use unlost::lazyfs::{self, DiskError};
 /// this thread (so a crash cannot leave a mount behind). Skips, saying so,
 /// where FUSE cannot be mounted.
 fn with_lazyfs(f: impl FnOnce(&Path, &lazyfs::LazyFsControl)) {
-    if !nix::unistd::geteuid().is_root() || !Path::new("/dev/fuse").exists() {
-        eprintln!("SKIPPED: the lazy filesystem tests need root and /dev/fuse");
+    if !unlost_tests::prerequisite(
+        nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists(),
+        "the lazy filesystem tests need root and /dev/fuse",
+    ) {
         return;
     }
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("private mount namespace");

@@ -60,8 +60,10 @@ fn cliques(reach: &BTreeMap<u32, BTreeSet<u32>>) -> BTreeSet<BTreeSet<u32>> {
 
 #[test]
 fn partition_shapes_cut_exactly_the_connections_they_say() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: network fault tests need root (namespaces, nft)");
+    if !unlost_tests::prerequisite(
+        nix::unistd::geteuid().is_root(),
+        "network fault tests need root (namespaces, nft)",
+    ) {
         return;
     }
     assert!(
@@ -242,8 +244,10 @@ fn the_final_read_ignores_a_deposed_leader_and_its_uncommitted_suffix() {
     use unlost::cluster::kafka_wire::{self, Conn, CONSUMER};
     use unlost::history::{EventKind, History};
     use unlost::workload::{drain, replicas};
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: network fault tests need root (namespaces, nft)");
+    if !unlost_tests::prerequisite(
+        nix::unistd::geteuid().is_root(),
+        "network fault tests need root (namespaces, nft)",
+    ) {
         return;
     }
     std::env::set_var("UNLOST_BROKER_BIN", unlost_tests::binary("unlost-broker"));
