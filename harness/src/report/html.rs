@@ -181,6 +181,15 @@ td.l,th.l{{text-align:left}}.bad{{background:#fde7e5}}svg{{background:#fff;borde
         p = esc(plan)
     );
     let _ = write!(html, "<h1>unlost: plan <code>{}</code>, seed <code>{seed}</code>: <span class=\"v-{verdict}\">{verdict}</span>, expectations {}</h1>", esc(plan), if o.expectations_met { "met" } else { "<b>NOT met</b>" });
+    let notes = o
+        .drain_error
+        .iter()
+        .map(|e| format!("drain did not finish: {e}"))
+        .chain(o.floor.iter().map(|w| format!("unknown: {w}")))
+        .chain(o.unreadable.iter().map(|u| format!("unreadable: {u}")));
+    for n in notes {
+        let _ = write!(html, "<p class=\"bad\">{}</p>", esc(&n));
+    }
     let s = &o.stats;
     let _ = write!(html, "<table><tr><th>sent</th><th>acked</th><th>failed</th><th>indeterminate</th><th>delivered</th><th>drained</th><th>faults</th><th>duration</th></tr><tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{end:.1}s</td></tr></table>", s.sent, s.acked, s.failed, s.indeterminate, s.delivered, s.drained, faults.len());
     html += "<table><tr><th class=\"l\">anomaly</th><th>count</th><th>wanted</th><th class=\"l\">met</th><th class=\"l\">first examples</th></tr>";
