@@ -805,13 +805,15 @@ async fn subscribed_consumers_share_partitions_and_take_over_when_one_leaves() {
 fn kcat_consumes_as_a_group_and_resumes_from_committed_offsets() {
     require_program("kcat", "kcat");
     let broker = BrokerProcess::start(&["--default-partitions", "3"]);
-    let run = |args: &[&str], input: Option<&str>| {
+    // kcat's stdout, and its stderr (librdkafka's debug log when asked).
+    let run = |args: &[&str], input: Option<&str>| -> (String, String) {
         let mut cmd = std::process::Command::new("kcat");
         cmd.arg("-b")
             .arg(broker.bootstrap())
             .args(args)
             .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped());
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         use std::io::Write;
         let mut stdin = child.stdin.take().unwrap();
@@ -819,11 +821,15 @@ fn kcat_consumes_as_a_group_and_resumes_from_committed_offsets() {
             stdin.write_all(text.as_bytes()).unwrap();
         }
         drop(stdin);
-        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+        let out = child.wait_with_output().unwrap();
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let first: String = (1..=300).map(|i| format!("{i}\n")).collect();
     run(&["-P", "-t", "gt", "-X", "acks=all"], Some(&first));
-    let got = run(&["-G", "kg", "gt", "-q", "-e", "-o", "beginning"], None);
+    let (got, _) = run(&["-G", "kg", "gt", "-q", "-e", "-o", "beginning"], None);
     assert_eq!(
         got.lines().count(),
         300,
@@ -858,10 +864,11 @@ fn kcat_consumes_as_a_group_and_resumes_from_committed_offsets() {
     assert_eq!(committed(), 300, "the first member's commits are stored");
     let second: String = (301..=350).map(|i| format!("{i}\n")).collect();
     run(&["-P", "-t", "gt", "-X", "acks=all"], Some(&second));
-    let got: Vec<u32> = run(&["-G", "kg", "gt", "-q", "-e"], None)
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let (out, debug) = run(
+        &["-G", "kg", "gt", "-q", "-e", "-d", "cgrp,fetch,topic"],
+        None,
+    );
+    let got: Vec<u32> = out.lines().map(|l| l.parse().unwrap()).collect();
     let mut got = got;
     got.sort_unstable();
     let log = broker.log_text();
@@ -869,7 +876,14 @@ fn kcat_consumes_as_a_group_and_resumes_from_committed_offsets() {
     assert_eq!(
         got,
         (301..=350).collect::<Vec<_>>(),
-        "the group resumes from its committed offsets; broker log, newest first:\n{}",
-        tail.join("\n")
+        "the group resumes from its committed offsets; broker log, newest first:\n{}\nkcat's offsets and EOFs:\n{}",
+        tail.join("\n"),
+        debug
+            .lines()
+            .filter(|l| ["OFFSET", "EOF", "RESET", "FETCHSTART", "ASSIGN", "VALIDAT", "LEADER"]
+                .iter()
+                .any(|w| l.contains(w)))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }

@@ -313,10 +313,10 @@ async fn read_stream(
         match connect(bootstrap).await {
             Ok(c) => match jetstream::new(c).get_stream(topic).await {
                 Ok(s) => match s.get_info().await {
-                    Ok(info) if info.cluster.as_ref().is_none_or(|c| c.leader.is_some()) => {
-                        break (s, StreamView::of(&info))
-                    }
-                    Ok(_) => last_error = "the stream has no leader".into(),
+                    // Taken with or without a leader: a stream that reports
+                    // sequences and has no leader to serve them is what the
+                    // patience below turns into an unreadable range.
+                    Ok(info) => break (s, StreamView::of(&info)),
                     Err(e) => last_error = e.to_string(),
                 },
                 Err(e) => {
@@ -338,16 +338,45 @@ async fn read_stream(
         not_found_since = None;
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let consumer = stream
-        .create_consumer(consumer::pull::Config {
-            deliver_policy: consumer::DeliverPolicy::All,
-            ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: Duration::from_secs(60),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("drain consumer: {e}"))?;
     let last = view.last;
+    let started = Instant::now();
+    let unreadable = |from: u64, since: Instant, why: &str| Unreadable {
+        partition: 0,
+        from: from as i64,
+        to: last as i64 + 1,
+        waited_ms: since.elapsed().as_millis() as u64,
+        reason: format!(
+            "stream leader {} reports sequences {}..={}; {why}",
+            view.leader, view.first, view.last
+        ),
+    };
+    let consumer = loop {
+        let made = stream
+            .create_consumer(consumer::pull::Config {
+                deliver_policy: consumer::DeliverPolicy::All,
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await;
+        match made {
+            Ok(c) => break c,
+            Err(e) if last == 0 => return Err(format!("drain consumer: {e}")),
+            Err(e) => last_error = e.to_string(),
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("drain consumer: {last_error}"));
+        }
+        if started.elapsed() >= patience {
+            let why = format!("no consumer could be created to read them ({last_error})");
+            return Ok(StreamRead::Read {
+                view: view.clone(),
+                records: Vec::new(),
+                unreadable: Some(unreadable(1, started, &why)),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let mut records = Vec::new();
     let mut next = 1u64;
     let mut stalled_since: Option<Instant> = None;
@@ -359,19 +388,15 @@ async fn read_stream(
         if since.elapsed() >= patience {
             // Reporting what it does not serve: name the range (the
             // confirmation in `drain` proves the stream stayed stable).
-            let unreadable = Unreadable {
-                partition: 0,
-                from: next as i64,
-                to: last as i64 + 1,
-                waited_ms: since.elapsed().as_millis() as u64,
-                reason: format!(
-                    "stream leader {} reports sequences {}..={}; the consumer delivered nothing from {next}{}",
-                    view.leader,
-                    view.first,
-                    view.last,
-                    if last_error.is_empty() { String::new() } else { format!(" ({last_error})") }
-                ),
-            };
+            let why = format!(
+                "the consumer delivered nothing from {next}{}",
+                if last_error.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({last_error})")
+                }
+            );
+            let unreadable = unreadable(next, since, &why);
             return Ok(StreamRead::Read {
                 view,
                 records,
