@@ -291,12 +291,20 @@ fn read_committed(
         }
         match moved {
             None => return Ok((Drained { high, agreement }, reads, unreadable)),
-            Some(why) => history.record(
-                "drain",
-                EventKind::Note {
-                    message: format!("drain attempt {attempt} not confirmed: {why}; reading again"),
-                },
-            ),
+            Some(why) if Instant::now() >= deadline => {
+                return Err(format!("drain timed out: {why}"))
+            }
+            Some(why) => {
+                history.record(
+                    "drain",
+                    EventKind::Note {
+                        message: format!(
+                            "drain attempt {attempt} not confirmed: {why}; reading again"
+                        ),
+                    },
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
     unreachable!("the attempts loop only ends by returning")
