@@ -402,31 +402,29 @@ pub struct PartitionInfo {
     pub isr: Vec<i32>,
 }
 
-/// A topic's partitions from a broker's Metadata answer.
+/// A topic's partitions from a broker's Metadata answer (none while the
+/// broker answers the topic with an error), through the harness's own
+/// Metadata call.
 pub fn partitions(addr: SocketAddr, topic: &str) -> Vec<PartitionInfo> {
-    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-    use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
-    let mut conn = KafkaConn::connect(addr);
-    let req = MetadataRequest::default()
-        .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
-            TopicName(StrBytes::from_string(topic.to_string())),
-        ))]))
-        .with_allow_auto_topic_creation(false);
-    let resp: MetadataResponse = conn.call(ApiKey::Metadata, 9, &req).expect("metadata");
-    let mut out: Vec<PartitionInfo> = resp
-        .topics
-        .iter()
-        .flat_map(|t| t.partitions.iter())
-        .map(|p| PartitionInfo {
-            partition: p.partition_index,
-            leader: p.leader_id.0,
+    let view = match unlost::cluster::kafka_wire::metadata(
+        &addr.to_string(),
+        topic,
+        Duration::from_secs(10),
+    ) {
+        Ok(view) => view,
+        Err(e) if e.contains(&format!("topic {topic}: error code")) => return Vec::new(),
+        Err(e) => panic!("metadata: {e}"),
+    };
+    view.partitions
+        .into_iter()
+        .map(|(partition, p)| PartitionInfo {
+            partition,
+            leader: p.leader,
             leader_epoch: p.leader_epoch,
-            replicas: p.replica_nodes.iter().map(|b| b.0).collect(),
-            isr: p.isr_nodes.iter().map(|b| b.0).collect(),
+            replicas: p.replicas,
+            isr: p.isr,
         })
-        .collect();
-    out.sort_by_key(|p| p.partition);
-    out
+        .collect()
 }
 
 /// Everything one replica holds of a partition, (offset, value), read with
