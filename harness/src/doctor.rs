@@ -24,7 +24,7 @@ pub fn capabilities() -> Vec<Capability> {
     vec![
         Capability {
             name: "unlost-broker binary",
-            present: crate::cluster::broker_binary().is_ok(),
+            present: crate::driver::kafka::broker_binary().is_ok(),
             enables: "broker: builtin",
             hint: "cargo build -p unlost-broker, or set UNLOST_BROKER_BIN",
         },

@@ -3,6 +3,7 @@
 //! Pipeline (DESIGN.md): `plan` (YAML -> Plan) -> `cluster` (node
 //! processes) -> `nemesis` (faults) + `workload` (producers, consumers) ->
 //! `history` (JSONL) -> `checker` (Outcome) -> `report` (results, summary).
+//! `driver` is everything that knows a broker's client protocol.
 //! `run` wires the stages; `cli` is the command line.
 
 pub mod checker;
@@ -10,6 +11,7 @@ pub mod cli;
 pub mod cluster;
 pub mod doctor;
 pub mod draw;
+pub mod driver;
 pub mod error;
 pub mod history;
 pub mod lazyfs;

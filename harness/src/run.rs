@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::checker::{self, Facts, Outcome};
-use crate::cluster::{Cluster, Driver};
+use crate::cluster::Cluster;
+use crate::driver::Driver;
 use crate::error::Error;
 use crate::history::{EventKind, History};
 use crate::nemesis::{schedule, Nemesis};
@@ -168,13 +169,9 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
     let cluster = tokio::task::spawn_blocking(move || Cluster::start(&spec, lazyfs, &d))
         .await
         .map_err(|e| Error::Harness(e.to_string()))??;
-    let bootstrap = cluster.bootstrap();
     let driver = cluster.driver();
     let cluster = Arc::new(Mutex::new(cluster));
-    driver
-        .create_topic(&plan.topic)
-        .await
-        .map_err(Error::Cluster)?;
+    driver.create_topic(&plan.topic).await?;
     wait_for_leaders(
         &driver,
         &plan.topic.name,
@@ -201,8 +198,7 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
             spec: plan.producers.clone(),
             topic: plan.topic.name.clone(),
             partitions: plan.topic.partitions,
-            bootstrap: bootstrap.clone(),
-            protocol: driver.protocol,
+            driver: driver.clone(),
             seed,
             history: history.clone(),
             status: status.clone(),
@@ -213,8 +209,7 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
         spec: plan.consumers.clone(),
         topic: plan.topic.name.clone(),
         partitions: plan.topic.partitions,
-        bootstrap: bootstrap.clone(),
-        protocol: driver.protocol,
+        driver: driver.clone(),
         history: history.clone(),
         status: status.clone(),
     };
@@ -274,10 +269,7 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
     )
     .await
     .ok();
-    if plan.consumers.count > 0
-        && plan.consumers.commit == crate::plan::CommitPolicy::Auto
-        && driver.protocol == crate::cluster::Protocol::Kafka
-    {
+    if plan.consumers.count > 0 && plan.consumers.commit == crate::plan::CommitPolicy::Auto {
         let job = consumer_job.clone();
         tokio::task::spawn_blocking(move || consumer::record_committed(&job))
             .await
@@ -295,8 +287,8 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
     let drained = tokio::task::spawn_blocking(move || d.drain(&t, n, timeout, &h))
         .await
         .map_err(|e| Error::Harness(e.to_string()))?;
-    // The builtin broker lets every replica be read: prove they agree.
-    if let (Some(drained), crate::plan::BrokerKind::Builtin) = (drained, &plan.cluster.broker) {
+    // Where the broker lets every replica be read, prove they agree.
+    if let (Some(drained), true) = (drained, driver.replica_reads().is_some()) {
         let nodes: std::collections::BTreeMap<u32, String> = cluster
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -305,8 +297,11 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<RunResult, Error> {
             .map(|n| (n.id, n.addr()))
             .collect();
         let (h, t, timeout) = (history.clone(), plan.topic.name.clone(), plan.drain_timeout);
+        let d = driver.clone();
         tokio::task::spawn_blocking(move || {
-            crate::workload::replicas::read_replicas(&nodes, &t, &drained, timeout, &h)
+            if let Some(r) = d.replica_reads() {
+                r.read_replicas(&nodes, &t, &drained, timeout, &h);
+            }
         })
         .await
         .map_err(|e| Error::Harness(e.to_string()))?;
@@ -349,7 +344,7 @@ pub fn check_dir(dir: &Path, plan: &Plan) -> Result<(Outcome, Facts), Error> {
 }
 
 /// Records every change of a partition's leader (polled every 500 ms).
-async fn watch_leaders(driver: Driver, topic: String, history: History) {
+async fn watch_leaders(driver: Arc<dyn Driver>, topic: String, history: History) {
     let mut known: std::collections::BTreeMap<i32, i32> = std::collections::BTreeMap::new();
     loop {
         let (d, t) = (driver.clone(), topic.clone());
@@ -373,7 +368,7 @@ async fn watch_leaders(driver: Driver, topic: String, history: History) {
 }
 
 async fn wait_for_leaders(
-    driver: &Driver,
+    driver: &Arc<dyn Driver>,
     topic: &str,
     partitions: i32,
     timeout: Duration,
@@ -389,7 +384,7 @@ async fn wait_for_leaders(
                 return Ok(())
             }
             Ok(l) => format!("leaders {:?}", l.leaders),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         if Instant::now() >= deadline {
             return Err(Error::Cluster(format!(

@@ -406,7 +406,7 @@ pub struct PartitionInfo {
 /// broker answers the topic with an error), through the harness's own
 /// Metadata call.
 pub fn partitions(addr: SocketAddr, topic: &str) -> Vec<PartitionInfo> {
-    let view = match unlost::cluster::kafka_wire::metadata(
+    let view = match unlost::driver::kafka::wire::metadata(
         &addr.to_string(),
         topic,
         Duration::from_secs(10),
@@ -431,7 +431,7 @@ pub fn partitions(addr: SocketAddr, topic: &str) -> Vec<PartitionInfo> {
 /// Kafka's debugging replica id (-2), which this broker serves from any
 /// replica up to its log end (the harness's own replica reader).
 pub fn replica_contents(addr: SocketAddr, topic: &str, partition: i32) -> Vec<(i64, String)> {
-    unlost::workload::replicas::read_replica(
+    unlost::driver::kafka::replicas::read_replica(
         &addr.to_string(),
         topic,
         partition,

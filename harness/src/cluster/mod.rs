@@ -6,118 +6,20 @@
 //! call as the first start, on the same data dir. Nodes log to
 //! `nodes/<id>.log`; data lives in `nodes/<id>/data`.
 
-pub mod kafka;
-pub mod kafka_wire;
-pub mod nats;
 pub mod spawn;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
+pub use crate::driver::NodeRecipe;
+use crate::driver::Driver;
 use crate::error::Error;
-use crate::plan::{BrokerKind, ClusterSpec, Readiness};
-
-/// The client protocol a cluster speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Kafka,
-    Nats,
-}
-
-/// How one node is started and judged ready.
-#[derive(Debug, Clone)]
-pub struct NodeRecipe {
-    /// argv with placeholders {id} {host} {port} {data_dir} {peers}
-    /// {peer_port} {peer_addrs} {config}.
-    pub command: Vec<String>,
-    /// A config file written for each node (same placeholders, and
-    /// {peer_routes}: `nats://host:peer_port` of the other nodes); its path
-    /// is {config}.
-    pub config: Option<String>,
-    pub ready: Readiness,
-    pub ready_timeout: Duration,
-    pub protocol: Protocol,
-}
-
-/// Where the builtin broker binary is: $UNLOST_BROKER_BIN, next to this
-/// executable (cargo puts both in target/<profile>), or on PATH.
-pub fn broker_binary() -> Result<PathBuf, Error> {
-    if let Ok(p) = std::env::var("UNLOST_BROKER_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().map_err(|e| Error::Harness(format!("own path: {e}")))?;
-    for dir in exe.ancestors().skip(1).take(2) {
-        let candidate = dir.join("unlost-broker");
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("unlost-broker")).find(|p| p.is_file()))
-        .ok_or_else(|| Error::Harness("unlost-broker not found: build it (cargo build -p unlost-broker) or set UNLOST_BROKER_BIN".into()))
-}
-
-impl NodeRecipe {
-    /// The recipe for a plan's cluster.
-    pub fn for_spec(spec: &ClusterSpec) -> Result<NodeRecipe, Error> {
-        match spec.broker {
-            BrokerKind::Builtin => {
-                let mut command = vec![
-                    broker_binary()?.display().to_string(),
-                    "--id".into(),
-                    "{id}".into(),
-                    "--listen".into(),
-                    "{host}:{port}".into(),
-                    "--data-dir".into(),
-                    "{data_dir}".into(),
-                    "--controller-listen".into(),
-                    "{host}:{peer_port}".into(),
-                    "--voters".into(),
-                    "{peer_addrs}".into(),
-                ];
-                for (k, v) in &spec.settings {
-                    command.push(format!("--{}", k.replace('_', "-")));
-                    command.push(v.clone());
-                }
-                Ok(NodeRecipe {
-                    command,
-                    config: None,
-                    ready: Readiness::KafkaMetadata,
-                    ready_timeout: Duration::from_secs(30),
-                    protocol: Protocol::Kafka,
-                })
-            }
-            BrokerKind::Nats => Ok(NodeRecipe {
-                command: vec![
-                    nats::server_binary()?.display().to_string(),
-                    "-c".into(),
-                    "{config}".into(),
-                ],
-                config: Some(nats::config_template(spec)),
-                ready: Readiness::Tcp,
-                ready_timeout: Duration::from_secs(30),
-                protocol: Protocol::Nats,
-            }),
-            BrokerKind::Custom => {
-                let r = spec
-                    .recipe
-                    .as_ref()
-                    .ok_or_else(|| Error::Usage("custom broker without a recipe".into()))?;
-                Ok(NodeRecipe {
-                    command: r.command.clone(),
-                    config: None,
-                    ready: r.ready,
-                    ready_timeout: r.ready_timeout,
-                    protocol: Protocol::Kafka,
-                })
-            }
-        }
-    }
-}
+use crate::plan::{ClusterSpec, Readiness};
 
 /// Whether a node process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +73,7 @@ fn free_port(host: &str) -> Result<u16, Error> {
 impl Cluster {
     /// Starts every node and waits until each is ready.
     pub fn start(spec: &ClusterSpec, lazyfs: bool, run_dir: &Path) -> Result<Cluster, Error> {
-        let recipe = NodeRecipe::for_spec(spec)?;
+        let recipe = crate::driver::recipe(spec)?;
         let nodes_dir = run_dir.join("nodes");
         let mut nodes = Vec::new();
         for id in 1..=spec.nodes {
@@ -228,12 +130,9 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// The client side of this cluster's protocol.
-    pub fn driver(&self) -> Driver {
-        Driver {
-            protocol: self.recipe.protocol,
-            bootstrap: self.bootstrap(),
-        }
+    /// The client side of this cluster (its broker's driver).
+    pub fn driver(&self) -> Arc<dyn Driver> {
+        crate::driver::connect(&self.recipe, self.nodes.iter().map(Node::addr).collect())
     }
 
     /// Every node's `host:port`, comma-separated.
@@ -342,21 +241,7 @@ impl Cluster {
                     n.log.display()
                 )));
             }
-            let addr = n.addr();
-            let ok = match ready {
-                Readiness::Tcp => std::net::TcpStream::connect_timeout(
-                    &addr
-                        .parse()
-                        .map_err(|e| Error::Harness(format!("{addr}: {e}")))?,
-                    Duration::from_millis(500),
-                )
-                .is_ok(),
-                Readiness::KafkaMetadata => {
-                    std::net::TcpStream::connect(&addr).is_ok()
-                        && kafka::metadata_ready(&addr, id, Duration::from_secs(2))
-                }
-            };
-            if ok {
+            if crate::driver::ready(ready, &n.addr(), id) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -639,79 +524,4 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// The client side of a cluster: what the run, the nemesis and the drain
-/// ask of it, in its own protocol (Kafka: Metadata, CreateTopics, a
-/// consumer; NATS: stream info, stream creation, a JetStream consumer).
-#[derive(Debug, Clone)]
-pub struct Driver {
-    pub protocol: Protocol,
-    pub bootstrap: String,
-}
-
-impl Driver {
-    /// Creates the topic (Kafka) or stream (NATS); an existing one is fine.
-    pub async fn create_topic(&self, spec: &crate::plan::TopicSpec) -> Result<(), String> {
-        match self.protocol {
-            Protocol::Kafka => kafka::create_topic(&self.bootstrap, spec).await,
-            Protocol::Nats => nats::create_stream(&self.bootstrap, spec).await,
-        }
-    }
-
-    /// Leaders and replicas. Blocking: call from a blocking thread.
-    pub fn layout(&self, topic: &str, timeout: Duration) -> Result<kafka::TopicLayout, String> {
-        match self.protocol {
-            Protocol::Kafka => kafka::layout(&self.bootstrap, topic, timeout),
-            Protocol::Nats => tokio::runtime::Handle::current().block_on(async {
-                tokio::time::timeout(timeout, nats::layout(&self.bootstrap, topic))
-                    .await
-                    .map_err(|_| format!("no stream info within {timeout:?}"))?
-            }),
-        }
-    }
-
-    /// The final drain; what it established when it finished. Blocking.
-    pub fn drain(
-        &self,
-        topic: &str,
-        partitions: i32,
-        timeout: Duration,
-        history: &crate::history::History,
-    ) -> Option<crate::workload::drain::Drained> {
-        use crate::history::EventKind;
-        match self.protocol {
-            Protocol::Kafka => {
-                let nodes: Vec<String> = self.bootstrap.split(',').map(str::to_string).collect();
-                crate::workload::drain::drain(&nodes, topic, partitions, timeout, history)
-            }
-            Protocol::Nats => {
-                let result = tokio::runtime::Handle::current().block_on(nats::drain(
-                    &self.bootstrap,
-                    topic,
-                    timeout,
-                    history,
-                ));
-                let (complete, high, error, unreadable) = match &result {
-                    Ok((h, u)) => (true, h.clone(), None, u.clone()),
-                    Err(e) => (false, Default::default(), Some(e.clone()), Vec::new()),
-                };
-                history.record(
-                    "drain",
-                    EventKind::DrainEnd {
-                        complete,
-                        high_watermarks: high.iter().map(|(p, h)| (p.to_string(), *h)).collect(),
-                        error,
-                        unreadable,
-                    },
-                );
-                result
-                    .ok()
-                    .map(|(high, _)| crate::workload::drain::Drained {
-                        high,
-                        agreement: Default::default(),
-                    })
-            }
-        }
-    }
 }

@@ -314,6 +314,19 @@ pub fn read(
         }))
 }
 
+/// The value id at the start of a payload (up to the first space):
+/// values are `p<producer>-<seq>`, a space and padding.
+pub fn value_of(payload: Option<&[u8]>) -> String {
+    let Some(p) = payload else {
+        return "<null>".into();
+    };
+    let id = p.split(|b| *b == b' ').next().unwrap_or_default();
+    match std::str::from_utf8(id) {
+        Ok(s) if !s.is_empty() && s.len() <= 64 => s.to_string(),
+        _ => format!("<{} bytes: {:02x?}>", p.len(), &p[..p.len().min(8)]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,29 +1,27 @@
 //! Consumers: members of one group that poll, process (record each
-//! delivered message) and commit per policy:
-//! - after-process: process the batch, then commit its end (at-least-once);
-//! - before-process: commit the batch end, then process (at-most-once);
-//! - auto: the client's periodic auto-commit of polled positions.
+//! delivered message) and commit per policy, through the cluster's driver
+//! (`driver::Member`):
+//! - after-process: process the batch, then commit it (at-least-once);
+//! - before-process: commit the batch, then process (at-most-once); a
+//!   batch whose commit failed is not processed;
+//! - auto: the member commits by itself (the client's periodic
+//!   auto-commit, or acknowledging on receipt).
 //!
-//! Members subscribe to the topic: the broker's group coordinator and the
-//! clients' assignor share the partitions, and every assignment change is
-//! recorded (an `assign` event: positions may restart from the committed
-//! offsets there). A consumer-crash fault stops a consumer mid-batch,
-//! without committing the rest, and a new incarnation (`c<i>#<n+1>`) joins
-//! the group. (With auto-commit, closing the client commits polled
-//! positions; that crash is a close.)
+//! Every assignment change is recorded (an `assign` event: positions may
+//! restart from the committed ones there; a redelivery is one too). A
+//! consumer-crash fault stops a consumer mid-batch, without committing the
+//! rest, and a new incarnation (`c<i>#<n+1>`) joins the group. (With
+//! auto-commit, closing a Kafka client commits polled positions; that
+//! crash is a close.)
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-
-use super::{value_of, Status};
+use super::Status;
 use crate::draw::Draw;
+use crate::driver::{Delivery, Driver, Member, MemberSetup};
 use crate::history::{EventKind, History};
 use crate::plan::{CommitPolicy, ConsumerSpec};
 
@@ -44,8 +42,7 @@ pub struct ConsumerJob {
     pub spec: ConsumerSpec,
     pub topic: String,
     pub partitions: i32,
-    pub bootstrap: String,
-    pub protocol: crate::cluster::Protocol,
+    pub driver: Arc<dyn Driver>,
     pub history: History,
     pub status: Arc<Status>,
 }
@@ -110,174 +107,120 @@ impl Consumers {
     }
 }
 
-/// Records the partitions a member holds after each rebalance.
-struct Membership {
-    history: History,
-    name: String,
-}
-
-impl ClientContext for Membership {}
-
-impl ConsumerContext for Membership {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let partitions = match rebalance {
-            Rebalance::Assign(tpl) => tpl.elements().iter().map(|e| e.partition()).collect(),
-            Rebalance::Revoke(_) => Vec::new(),
-            Rebalance::Error(e) => {
-                self.history.record(
-                    &self.name,
-                    EventKind::Note {
-                        message: format!("rebalance error: {e}"),
-                    },
-                );
-                return;
-            }
-        };
-        self.history
-            .record(&self.name, EventKind::Assign { partitions });
-    }
-}
-
-type Member = BaseConsumer<Membership>;
-
-fn member_client(job: &ConsumerJob, name: &str) -> Result<Member, String> {
-    let auto = job.spec.commit == CommitPolicy::Auto;
-    ClientConfig::new()
-        .set("bootstrap.servers", &job.bootstrap)
-        .set("group.id", &job.spec.group)
-        .set("enable.auto.commit", if auto { "true" } else { "false" })
-        .set("auto.commit.interval.ms", "500")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500")
-        .set("log_level", "0")
-        .set("reconnect.backoff.max.ms", "1000")
-        .create_with_context(Membership {
-            history: job.history.clone(),
-            name: name.to_string(),
-        })
-        .map_err(|e| format!("consumer: {e}"))
-}
-
 fn member(i: u32, job: ConsumerJob, stop: Arc<AtomicBool>, crash: Arc<AtomicBool>) {
-    if job.protocol == crate::cluster::Protocol::Nats {
-        return nats_member(i, job, stop, crash);
-    }
     let mut incarnation = 0;
     while !stop.load(Ordering::SeqCst) {
         incarnation += 1;
         let name = format!("c{i}#{incarnation}");
         job.history.record(&name, EventKind::ConsumerStart);
-        let consumer = match member_client(&job, &name) {
-            Ok(c) => c,
+        let setup = MemberSetup {
+            spec: job.spec.clone(),
+            topic: job.topic.clone(),
+            name: name.clone(),
+            history: job.history.clone(),
+        };
+        let mut member = match job.driver.member(setup) {
+            Ok(m) => m,
             Err(e) => {
-                job.history.record(&name, EventKind::Note { message: e });
+                job.history.record(
+                    &name,
+                    EventKind::Note {
+                        message: format!("consumer: {e}"),
+                    },
+                );
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
             }
         };
-        if let Err(e) = consumer.subscribe(&[&job.topic]) {
-            job.history.record(
-                &name,
-                EventKind::Note {
-                    message: format!("subscribe: {e}"),
-                },
-            );
-            std::thread::sleep(Duration::from_secs(1));
-            continue;
-        }
         crash.store(false, Ordering::SeqCst);
-        if consume(&name, &consumer, &job, &stop, &crash) {
-            job.history.record(&name, EventKind::ConsumerCrash);
+        match consume(&name, member.as_mut(), &job, &stop, &crash) {
+            Ok(true) => job.history.record(&name, EventKind::ConsumerCrash),
+            Ok(false) => {}
+            Err(message) => {
+                job.history.record(&name, EventKind::Note { message });
+                std::thread::sleep(Duration::from_secs(1));
+            }
         }
-        // Dropping the client leaves the group without committing (manual policies).
-        drop(consumer);
+        // Dropping the member leaves the group without committing (manual policies).
+        drop(member);
     }
 }
 
-/// Returns true when the incarnation crashed, false when it was stopped.
+/// Ok(true) when the incarnation crashed, Ok(false) when it was stopped,
+/// Err when its client became unusable.
 fn consume(
     name: &str,
-    c: &Member,
+    m: &mut dyn Member,
     job: &ConsumerJob,
     stop: &AtomicBool,
     crash: &AtomicBool,
-) -> bool {
+) -> Result<bool, String> {
     let policy = job.spec.commit;
     loop {
         if stop.load(Ordering::SeqCst) {
-            return false;
+            return Ok(false);
         }
-        // A batch is what arrives within 50 ms of its first message (at most BATCH).
-        let mut batch = Vec::new();
-        let mut deadline: Option<std::time::Instant> = None;
-        while batch.len() < BATCH {
-            let wait = match deadline {
-                None => Duration::from_millis(100),
-                Some(d) => d.saturating_duration_since(std::time::Instant::now()),
-            };
-            match c.poll(wait) {
-                Some(Ok(m)) => batch.push((m.partition(), m.offset(), value_of(m.payload()))),
-                Some(Err(_)) | None => break,
-            }
-            deadline.get_or_insert_with(|| std::time::Instant::now() + Duration::from_millis(50));
-        }
+        let batch = m.poll(BATCH).map_err(|e| format!("poll: {e}"))?;
         if batch.is_empty() {
             continue;
         }
-        let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-        for (p, o, _) in &batch {
-            ends.insert(*p, o + 1);
-        }
-        if policy == CommitPolicy::BeforeProcess && !commit(name, c, job, &ends) {
+        if policy == CommitPolicy::BeforeProcess && !commit(name, m, job, &batch) {
             continue;
         }
         // A crash lands mid-batch: half of what is left (at least one
         // message) is processed first.
         let mut crash_at = None;
         let len = batch.len();
-        for (i, (p, o, v)) in batch.into_iter().enumerate() {
+        for (i, d) in batch.iter().enumerate() {
             if crash_at.is_none() && crash.load(Ordering::SeqCst) {
                 crash_at = Some(i + (len - i).div_ceil(2));
             }
             if crash_at == Some(i) {
-                return true;
+                return Ok(true);
             }
-            job.history.record(
-                name,
-                EventKind::Deliver {
-                    partition: p,
-                    offset: o,
-                    value: v,
-                },
-            );
-            job.status.delivered.fetch_add(1, Ordering::Relaxed);
+            process(name, job, d);
         }
         if crash_at.is_some() {
             // Crashed after processing the whole rest, before committing it.
-            return true;
+            return Ok(true);
         }
         if policy == CommitPolicy::AfterProcess {
-            commit(name, c, job, &ends);
+            commit(name, m, job, &batch);
         }
     }
 }
 
-fn commit(name: &str, c: &Member, job: &ConsumerJob, ends: &BTreeMap<i32, i64>) -> bool {
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in ends {
-        let _ = tpl.add_partition_offset(&job.topic, *p, Offset::Offset(*o));
+/// Processing is recording the delivery.
+fn process(name: &str, job: &ConsumerJob, d: &Delivery) {
+    if d.redelivered {
+        // This member's position legitimately moves back, as after a
+        // reassignment.
+        job.history.record(
+            name,
+            EventKind::Assign {
+                partitions: vec![d.partition],
+            },
+        );
     }
-    match c.commit(&tpl, CommitMode::Sync) {
-        Ok(()) => {
-            for (p, o) in ends {
-                job.history.record(
-                    name,
-                    EventKind::Commit {
-                        partition: *p,
-                        offset: *o,
-                    },
-                );
+    job.history.record(
+        name,
+        EventKind::Deliver {
+            partition: d.partition,
+            offset: d.position,
+            value: d.value.clone(),
+        },
+    );
+    job.status.delivered.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Commits a batch and records what the broker now stores; false when
+/// the commit failed.
+fn commit(name: &str, m: &mut dyn Member, job: &ConsumerJob, batch: &[Delivery]) -> bool {
+    match m.commit(batch) {
+        Ok(positions) => {
+            for (partition, offset) in positions {
+                job.history
+                    .record(name, EventKind::Commit { partition, offset });
             }
             true
         }
@@ -293,164 +236,25 @@ fn commit(name: &str, c: &Member, job: &ConsumerJob, ends: &BTreeMap<i32, i64>) 
     }
 }
 
-/// Records the group's committed offsets as the broker has them now (for
-/// auto-commit, whose commits the harness does not see one by one).
+/// Records the group's committed positions as the broker has them now
+/// (for auto-commit, whose commits the harness does not see one by one),
+/// when the driver can read them. Blocking.
 pub fn record_committed(job: &ConsumerJob) {
-    let Ok(c) = member_client(job, "group") else {
+    let Some(c) = job.driver.committed_positions() else {
         return;
     };
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..job.partitions {
-        tpl.add_partition(&job.topic, p);
-    }
-    if let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(10)) {
-        for e in committed.elements() {
-            if let Offset::Offset(o) = e.offset() {
-                job.history.record(
-                    "group",
-                    EventKind::Commit {
-                        partition: e.partition(),
-                        offset: o,
-                    },
-                );
+    match c.committed(&job.spec.group, &job.topic, job.partitions) {
+        Ok(positions) => {
+            for (partition, offset) in positions {
+                job.history
+                    .record("group", EventKind::Commit { partition, offset });
             }
         }
-    }
-}
-
-/// A NATS consumer incarnation loop: members share one durable pull
-/// consumer (the group), so JetStream spreads messages over them and
-/// redelivers what is not acknowledged in time. Acknowledgement is per
-/// message: after-process acks after recording the batch, before-process
-/// (and auto) before; there is no committed offset, so `skipped` is not
-/// observed with NATS.
-fn nats_member(i: u32, job: ConsumerJob, stop: Arc<AtomicBool>, crash: Arc<AtomicBool>) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            job.history.record(
-                "harness",
-                EventKind::Note {
-                    message: format!("consumer {i}: runtime: {e}"),
-                },
-            );
-            return;
-        }
-    };
-    let mut incarnation = 0;
-    while !stop.load(Ordering::SeqCst) {
-        incarnation += 1;
-        let name = format!("c{i}#{incarnation}");
-        job.history.record(&name, EventKind::ConsumerStart);
-        crash.store(false, Ordering::SeqCst);
-        match rt.block_on(nats_consume(&name, &job, &stop, &crash)) {
-            Ok(true) => job.history.record(&name, EventKind::ConsumerCrash),
-            Ok(false) => {}
-            Err(e) => {
-                job.history.record(&name, EventKind::Note { message: e });
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        }
-    }
-}
-
-/// Returns true when the incarnation crashed, false when it was stopped.
-async fn nats_consume(
-    name: &str,
-    job: &ConsumerJob,
-    stop: &AtomicBool,
-    crash: &AtomicBool,
-) -> Result<bool, String> {
-    use async_nats::jetstream::consumer::{pull, AckPolicy};
-    use futures::StreamExt;
-    let js = async_nats::jetstream::new(crate::cluster::nats::connect(&job.bootstrap).await?);
-    let stream = js
-        .get_stream(&job.topic)
-        .await
-        .map_err(|e| format!("stream {}: {e}", job.topic))?;
-    let consumer = stream
-        .get_or_create_consumer(
-            &job.spec.group,
-            pull::Config {
-                durable_name: Some(job.spec.group.clone()),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(5),
-                ..Default::default()
+        Err(e) => job.history.record(
+            "harness",
+            EventKind::Note {
+                message: format!("committed positions of the group: {e}"),
             },
-        )
-        .await
-        .map_err(|e| format!("consumer {}: {e}", job.spec.group))?;
-    let ack_first = job.spec.commit != CommitPolicy::AfterProcess;
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            return Ok(false);
-        }
-        let mut messages = consumer
-            .batch()
-            .max_messages(BATCH)
-            .expires(Duration::from_millis(200))
-            .messages()
-            .await
-            .map_err(|e| format!("fetch: {e}"))?;
-        let mut batch = Vec::new();
-        while let Some(m) = messages.next().await {
-            let Ok(m) = m else { break };
-            let Ok((seq, delivered)) = m.info().map(|i| (i.stream_sequence, i.delivered)) else {
-                continue;
-            };
-            batch.push((seq as i64, delivered, value_of(Some(&m.payload)), m));
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        if ack_first {
-            for (_, _, _, m) in &batch {
-                let _ = m.ack().await;
-            }
-        }
-        // A crash lands mid-batch, as with Kafka consumers.
-        let mut crash_at = None;
-        let len = batch.len();
-        let mut done = Vec::new();
-        for (i, (seq, delivered, value, m)) in batch.into_iter().enumerate() {
-            if crash_at.is_none() && crash.load(Ordering::SeqCst) {
-                crash_at = Some(i + (len - i).div_ceil(2));
-            }
-            if crash_at == Some(i) {
-                return Ok(true);
-            }
-            if delivered > 1 {
-                // A redelivery (not acknowledged in time, or by a crashed
-                // member): this member's position legitimately moves back,
-                // as after a Kafka reassignment.
-                job.history.record(
-                    name,
-                    EventKind::Assign {
-                        partitions: vec![0],
-                    },
-                );
-            }
-            job.history.record(
-                name,
-                EventKind::Deliver {
-                    partition: 0,
-                    offset: seq,
-                    value,
-                },
-            );
-            job.status.delivered.fetch_add(1, Ordering::Relaxed);
-            done.push(m);
-        }
-        if crash_at.is_some() {
-            return Ok(true);
-        }
-        if !ack_first {
-            for m in &done {
-                let _ = m.ack().await;
-            }
-        }
+        ),
     }
 }

@@ -1,13 +1,13 @@
 //! The workload: producers and consumers that record every operation in
-//! the history, and the final drain.
+//! the history, through the cluster's driver (`crate::driver`). Pacing,
+//! retry recording and crash-mid-batch are written here once, for every
+//! broker.
 //!
 //! Values are `p<producer>-<seq>` followed by a space and padding up to a
 //! size drawn from the seed; only the id is recorded.
 
 pub mod consumer;
-pub mod drain;
 pub mod producer;
-pub mod replicas;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -31,17 +31,5 @@ impl Status {
             self.indeterminate.load(Ordering::Relaxed),
             self.delivered.load(Ordering::Relaxed),
         )
-    }
-}
-
-/// The id at the start of a payload (up to the first space).
-pub fn value_of(payload: Option<&[u8]>) -> String {
-    let Some(p) = payload else {
-        return "<null>".into();
-    };
-    let id = p.split(|b| *b == b' ').next().unwrap_or_default();
-    match std::str::from_utf8(id) {
-        Ok(s) if !s.is_empty() && s.len() <= 64 => s.to_string(),
-        _ => format!("<{} bytes: {:02x?}>", p.len(), &p[..p.len().min(8)]),
     }
 }

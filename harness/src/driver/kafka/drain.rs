@@ -28,15 +28,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::cluster::kafka_wire::{self, codes, Conn, NodeView, CONSUMER};
+use super::wire::{self as kafka_wire, codes, Conn, NodeView, CONSUMER};
+use crate::driver::patience;
 use crate::history::{EventKind, History, Unreadable};
-
-/// How long a partition may make no progress below its high watermark
-/// before the drain calls the rest unreadable: a third of the drain
-/// timeout, at least 5 s.
-pub fn patience(timeout: Duration) -> Duration {
-    (timeout / 3).max(Duration::from_secs(5))
-}
 
 /// One partition's leadership as the cluster agrees on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,7 +166,7 @@ pub fn wait_for_agreement(
 
 /// What the drain established.
 #[derive(Debug, Clone)]
-pub struct Drained {
+pub struct Confirmed {
     /// Partition -> the high watermark its leader reported.
     pub high: BTreeMap<i32, i64>,
     /// The leadership the read was confirmed against.
@@ -202,7 +196,7 @@ pub fn drain(
     partitions: i32,
     timeout: Duration,
     history: &History,
-) -> Option<Drained> {
+) -> Option<Confirmed> {
     let deadline = Instant::now() + timeout;
     match read_committed(
         nodes,
@@ -265,7 +259,7 @@ fn read_committed(
     deadline: Instant,
     patience: Duration,
     history: &History,
-) -> Result<(Drained, Reads, Vec<Unreadable>), String> {
+) -> Result<(Confirmed, Reads, Vec<Unreadable>), String> {
     for attempt in 1.. {
         let agreement = wait_for_agreement(nodes, topic, partitions, deadline)?;
         let mut reads = Reads::new();
@@ -290,7 +284,7 @@ fn read_committed(
             moved = confirm(nodes, topic, partitions, deadline, &agreement, &high)?;
         }
         match moved {
-            None => return Ok((Drained { high, agreement }, reads, unreadable)),
+            None => return Ok((Confirmed { high, agreement }, reads, unreadable)),
             Some(why) if Instant::now() >= deadline => {
                 return Err(format!("drain timed out: {why}"))
             }
@@ -418,7 +412,7 @@ fn read_partition(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::kafka_wire::PartitionState;
+    use crate::driver::kafka::wire::PartitionState;
 
     fn view(leader: i32, epoch: i32, isr: &[i32]) -> NodeView {
         NodeView {

