@@ -8,7 +8,10 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("UNLOST_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,rdkafka=off,librdkafka=off,fuser=error")
+                tracing_subscriber::EnvFilter::new(format!(
+                    "warn,{},fuser=error",
+                    unlost::driver::QUIET_LOGS
+                ))
             }),
         )
         .init();

@@ -242,8 +242,8 @@ fn produce(bootstrap: &str, topic: &str, values: &[String]) -> Vec<Option<i64>> 
 fn the_final_read_ignores_a_deposed_leader_and_its_uncommitted_suffix() {
     use unlost::checker::{self, Anomaly};
     use unlost::driver::kafka::wire::{self as kafka_wire, Conn, CONSUMER};
-    use unlost::history::{EventKind, History};
     use unlost::driver::kafka::{drain, replicas};
+    use unlost::history::{EventKind, History};
     if !unlost_tests::prerequisite(
         nix::unistd::geteuid().is_root(),
         "network fault tests need root (namespaces, nft)",

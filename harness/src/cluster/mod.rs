@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-pub use crate::driver::NodeRecipe;
 use crate::driver::Driver;
+pub use crate::driver::NodeRecipe;
 use crate::error::Error;
 use crate::plan::{ClusterSpec, Readiness};
 

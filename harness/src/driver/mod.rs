@@ -265,6 +265,10 @@ pub trait CommittedPositions: Send + Sync {
     ) -> Result<Vec<(i32, i64)>, DriverError>;
 }
 
+/// Log targets of the drivers' client crates, silenced by default (their
+/// complaints about nodes the nemesis killed are expected).
+pub const QUIET_LOGS: &str = "rdkafka=off,librdkafka=off";
+
 /// The client protocol a recipe's nodes speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {

@@ -87,7 +87,7 @@ pub enum Acks {
 }
 
 impl Acks {
-    /// The librdkafka `acks` value.
+    /// The value as a plan writes it (`0`, `1`, `all`).
     pub fn as_config(self) -> &'static str {
         match self {
             Acks::None => "0",

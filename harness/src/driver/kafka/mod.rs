@@ -22,7 +22,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 
 use super::{
-    CommittedPositions, Driver, DriverError, Drained, Member, MemberSetup, NodeRecipe, Producer,
+    CommittedPositions, Drained, Driver, DriverError, Member, MemberSetup, NodeRecipe, Producer,
     ProducerSetup, Protocol, ReplicaReads, TopicLayout,
 };
 use crate::error::Error;

@@ -146,6 +146,8 @@ impl Member for NatsMember {
                     continue;
                 };
                 if auto {
+                    // Not confirmed: auto's acknowledgements are fire and
+                    // forget, as a client's auto-commit is.
                     let _ = m.ack().await;
                 }
                 got.push((seq as i64, delivered, m));
@@ -165,20 +167,26 @@ impl Member for NatsMember {
         Ok(batch)
     }
 
+    /// Acknowledges each message and waits for the server to confirm
+    /// it (a plain ack is a publish that may still sit in the client when
+    /// the member goes away: then the messages come again).
     fn commit(&mut self, batch: &[Delivery]) -> Result<Vec<(i32, i64)>, DriverError> {
         let pending = std::mem::take(&mut self.pending);
-        let mut failed = None;
-        self.rt.block_on(async {
-            for (seq, m) in &pending {
-                if batch.iter().any(|d| d.position == *seq) {
-                    if let Err(e) = m.ack().await {
-                        failed = Some(format!("ack of sequence {seq}: {e}"));
-                    }
-                }
-            }
-        });
-        match failed {
-            Some(e) => Err(DriverError::refused("ack", e)),
+        let acks = pending
+            .iter()
+            .filter(|(seq, _)| batch.iter().any(|d| d.position == *seq))
+            .map(|(seq, m)| async move { m.double_ack().await.map_err(|e| (*seq, e)) });
+        let failed: Vec<String> = self
+            .rt
+            .block_on(futures::future::join_all(acks))
+            .into_iter()
+            .filter_map(|r| r.err().map(|(seq, e)| format!("sequence {seq}: {e}")))
+            .collect();
+        match failed.first() {
+            Some(e) => Err(DriverError::refused(
+                format!("ack of {} of {} messages", failed.len(), batch.len()),
+                e,
+            )),
             None => Ok(Vec::new()),
         }
     }

@@ -19,7 +19,7 @@ use async_nats::ServerAddr;
 use futures::future::BoxFuture;
 
 use super::{
-    Driver, DriverError, Drained, Member, MemberSetup, NodeRecipe, Producer, ProducerSetup,
+    Drained, Driver, DriverError, Member, MemberSetup, NodeRecipe, Producer, ProducerSetup,
     Protocol, TopicLayout,
 };
 use crate::error::Error;
@@ -137,7 +137,9 @@ async fn create_stream(bootstrap: &str, spec: &TopicSpec) -> Result<(), DriverEr
                 };
                 match js.get_or_create_stream(config).await {
                     Ok(_) => return Ok(()),
-                    Err(e) => last = DriverError::refused(format!("create stream {}", spec.name), e),
+                    Err(e) => {
+                        last = DriverError::refused(format!("create stream {}", spec.name), e)
+                    }
                 }
             }
             Err(e) => last = e,
@@ -182,7 +184,6 @@ async fn layout(bootstrap: &str, topic: &str) -> Result<TopicLayout, DriverError
     out.replicas.insert(0, replicas);
     Ok(out)
 }
-
 
 /// A NATS cluster's client side.
 pub struct NatsDriver {
