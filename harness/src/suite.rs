@@ -117,6 +117,7 @@ fn one(path: &Path, opts: &SuiteOptions, rt: &tokio::runtime::Runtime) -> PlanRe
                 seed: r.seed,
                 run_dir: r.dir.display().to_string(),
                 summary: r.summary.clone(),
+                counts: crate::report::counts_line(o, r.faults, r.timings.total_s),
                 unmet: o
                     .floor
                     .iter()
@@ -264,12 +265,11 @@ fn line(r: &PlanResult) -> String {
     match &r.outcome {
         PlanOutcome::Ran {
             met,
-            summary,
+            counts,
             run_dir,
             unmet,
             ..
         } => {
-            let counts = summary.lines().nth(1).unwrap_or_default();
             if *met {
                 format!("pass  {:<36} {counts}  {run_dir}", r.name)
             } else {

@@ -21,7 +21,10 @@ pub enum PlanOutcome {
         met: bool,
         seed: u64,
         run_dir: String,
+        /// The summary table (the test case's output).
         summary: String,
+        /// The counts line (see `report::counts_line`).
+        counts: String,
         unmet: Vec<String>,
         first_lost: Vec<String>,
     },

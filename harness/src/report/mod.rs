@@ -9,6 +9,7 @@ use serde::Serialize;
 
 pub mod html;
 pub mod junit;
+pub mod status;
 
 use crate::checker::{facts::FaultWindow, Anomaly, Outcome, Verdict};
 
@@ -135,6 +136,16 @@ pub fn write_results(
     lost.flush()
 }
 
+/// The operation counts of a run on one line (the summary's second line,
+/// and the suite's per-plan line).
+pub fn counts_line(o: &Outcome, faults: usize, total_s: f64) -> String {
+    let s = &o.stats;
+    format!(
+        "sent {}  acked {}  failed {}  indeterminate {}  delivered {}  drained {}  faults {}  ({:.1}s)",
+        s.sent, s.acked, s.failed, s.indeterminate, s.delivered, s.drained, faults, total_s
+    )
+}
+
 /// The summary table shown at the end of a run and kept as summary.txt.
 pub fn summary(
     plan: &str,
@@ -144,7 +155,6 @@ pub fn summary(
     faults: usize,
     timings: &Timings,
 ) -> String {
-    let s = &o.stats;
     let mut out = String::new();
     let verdict = match o.verdict {
         Verdict::Valid => "valid",
@@ -152,10 +162,8 @@ pub fn summary(
         Verdict::Unknown => "unknown",
     };
     out += &format!("plan {plan}  seed {seed}  run dir {}\n", run_dir.display());
-    out += &format!(
-        "sent {}  acked {}  failed {}  indeterminate {}  delivered {}  drained {}  faults {}  ({:.1}s)\n",
-        s.sent, s.acked, s.failed, s.indeterminate, s.delivered, s.drained, faults, timings.total_s
-    );
+    out += &counts_line(o, faults, timings.total_s);
+    out.push('\n');
     if !o.drain_complete {
         out += &format!(
             "drain did not finish: {}\n",
