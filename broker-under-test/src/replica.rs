@@ -28,11 +28,20 @@ use kafka_protocol::ResponseError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::FlushPolicy;
+use crate::config::{Config, FlushPolicy};
 use crate::controller::state::{Command, Reply};
 use crate::partition::{IsrChange, Partition, Role};
-use crate::server::Broker;
 use crate::storage::batch;
+use crate::topics::Topics;
+
+/// What the replica manager needs of the broker: its config, its local
+/// replicas and the controller (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct ReplicaContext {
+    pub config: Arc<Config>,
+    pub topics: Arc<Topics>,
+    pub controller: Arc<crate::controller::Controller>,
+}
 
 /// Longest a follower's fetch waits at the leader for new data.
 const FETCH_WAIT_MS: i32 = 500;
@@ -40,7 +49,7 @@ const FETCH_WAIT_MS: i32 = 500;
 const RETRY: Duration = Duration::from_millis(100);
 
 /// Follows the controller's state until the process ends.
-pub async fn run(broker: Arc<Broker>) {
+pub async fn run(broker: ReplicaContext) {
     let mut version = broker.controller.applied.version.subscribe();
     let mut announced = None;
     loop {
@@ -63,7 +72,7 @@ pub async fn run(broker: Arc<Broker>) {
 
 /// Gives every local replica the role the controller assigns. True when
 /// the local state already shows this broker's current registration.
-fn reconcile(broker: &Arc<Broker>) -> bool {
+fn reconcile(broker: &ReplicaContext) -> bool {
     let me = broker.config.id;
     let state = broker.controller.applied.snapshot();
     let registered = broker.controller.registered_epoch();
@@ -117,7 +126,7 @@ fn reconcile(broker: &Arc<Broker>) -> bool {
 }
 
 /// Proposes dropping followers that lag more than `--replica-lag-ms`.
-fn shrink_isrs(broker: &Arc<Broker>) {
+fn shrink_isrs(broker: &ReplicaContext) {
     for p in broker.topics.all() {
         if let Some(change) = p.lagging_followers(broker.config.replica_lag) {
             tracing::warn!(topic = %p.topic, partition = p.index, isr = ?change.isr, "shrinking ISR: followers lag");
@@ -127,7 +136,7 @@ fn shrink_isrs(broker: &Arc<Broker>) {
 }
 
 /// Sends an ISR change to the controller; applies the answer at once.
-pub fn propose_isr(broker: Arc<Broker>, p: Arc<Partition>, change: IsrChange) {
+pub fn propose_isr(broker: ReplicaContext, p: Arc<Partition>, change: IsrChange) {
     tokio::spawn(async move {
         let cmd = Command::AlterIsr {
             topic: p.topic.clone(),
@@ -225,7 +234,7 @@ impl Client {
 }
 
 /// Copies the partition from its leader while this replica follows.
-async fn fetcher(broker: Arc<Broker>, p: Arc<Partition>) {
+async fn fetcher(broker: ReplicaContext, p: Arc<Partition>) {
     let me = broker.config.id;
     let mut client: Option<(i32, Client)> = None;
     let mut progress = p.watch();

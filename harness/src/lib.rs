@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod draw;
 pub mod driver;
 pub mod error;
+pub mod events;
 pub mod history;
 pub mod lazyfs;
 pub mod nemesis;
@@ -21,6 +22,7 @@ pub mod report;
 pub mod run;
 pub mod sandbox;
 pub mod suite;
+pub mod vocabulary;
 pub mod workload;
 
 pub use error::Error;

@@ -18,9 +18,9 @@ use crate::topics::{CreateError, TopicConfig, Topics};
 /// Everything a request handler can reach.
 #[derive(Debug)]
 pub struct Broker {
-    pub config: Config,
+    pub config: Arc<Config>,
     /// The local partition replicas.
-    pub topics: Topics,
+    pub topics: Arc<Topics>,
     /// Cluster state: brokers, topics, leaders, ISRs, committed offsets.
     pub controller: Arc<Controller>,
     /// Consumer-group membership (on the coordinator, the Raft leader).
@@ -56,13 +56,22 @@ impl Broker {
         .await
         .map_err(OpenError::Controller)?;
         Ok(Arc::new(Broker {
-            config,
-            topics,
+            config: Arc::new(config),
+            topics: Arc::new(topics),
             controller,
             producer_ids: Mutex::new(ProducerIds::default()),
             coordinator: Arc::new(crate::coordinator::Coordinator::default()),
             appended,
         }))
+    }
+
+    /// The narrow view the replica manager works with.
+    pub fn replicas(&self) -> crate::replica::ReplicaContext {
+        crate::replica::ReplicaContext {
+            config: self.config.clone(),
+            topics: self.topics.clone(),
+            controller: self.controller.clone(),
+        }
     }
 
     /// Starts the replica manager and registration, then accepts
@@ -75,7 +84,7 @@ impl Broker {
                 coordinator.tick();
             }
         });
-        tokio::spawn(crate::replica::run(self.clone()));
+        tokio::spawn(crate::replica::run(self.replicas()));
         tokio::spawn(self.controller.clone().keep_registered(
             self.config.advertise_host.clone(),
             self.config.advertise_port,

@@ -5,7 +5,6 @@
 //! to the distinct messages); then each property, one file each, derives
 //! its anomalies from the facts.
 
-pub mod anomaly;
 pub mod dense;
 pub mod duplicated;
 pub mod facts;
@@ -23,11 +22,11 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-pub use anomaly::Anomaly;
+pub use crate::vocabulary::Anomaly;
 pub use facts::Facts;
 
 use crate::history::{Event, HistoryError};
-use crate::plan::Expect;
+use crate::vocabulary::Expect;
 
 /// How many examples of each anomaly are kept in results.
 pub const EXAMPLES: usize = 100;

@@ -6,8 +6,6 @@
 //! call as the first start, on the same data dir. Nodes log to
 //! `nodes/<id>.log`; data lives in `nodes/<id>/data`.
 
-pub mod spawn;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -20,6 +18,7 @@ use crate::driver::Driver;
 pub use crate::driver::NodeRecipe;
 use crate::error::Error;
 use crate::plan::{ClusterSpec, Readiness};
+use crate::sandbox::spawn;
 
 /// Whether a node process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

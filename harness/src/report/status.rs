@@ -5,7 +5,7 @@
 use std::io::IsTerminal;
 use std::sync::Mutex;
 
-use crate::run::events::{Phase, Reporter, RunEvent, RunEventKind};
+use crate::events::{Phase, Reporter, RunEvent, RunEventKind};
 
 /// Writes the status line to stderr.
 pub struct StatusLine {

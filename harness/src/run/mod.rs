@@ -7,7 +7,6 @@
 //! reporters (the status line, and the timings in the results) consume
 //! them. The cluster is killed on every exit path.
 
-pub mod events;
 mod phases;
 
 use std::path::{Path, PathBuf};
@@ -16,9 +15,9 @@ use std::time::Duration;
 
 use crate::checker::{self, Facts, Outcome};
 use crate::error::Error;
+use crate::events::{self, Events, Phase, Reporter, RunEvent};
 use crate::plan::Plan;
 use crate::report::Timings;
-use events::{Events, Phase, Reporter, RunEvent};
 
 /// Options of one run beyond the plan.
 #[derive(Debug, Clone, Default)]

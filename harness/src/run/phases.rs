@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::events::{Counts, Events, RunEventKind};
 use crate::cluster::Cluster;
 use crate::driver::{Drained, Driver};
 use crate::error::Error;
+use crate::events::{Counts, Events, RunEventKind};
 use crate::history::{EventKind, History};
 use crate::nemesis::{schedule, Nemesis};
 use crate::plan::{CommitPolicy, Plan};

@@ -12,12 +12,13 @@
 //! The per-node namespace is held by a `sleep` process that dies with the
 //! harness (PR_SET_PDEATHSIG).
 
+pub mod spawn;
+
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 
 use nix::sched::{unshare, CloneFlags};
 
-use crate::cluster::spawn;
 use crate::error::Error;
 
 /// Whether this process is in a sandbox `enter` made.

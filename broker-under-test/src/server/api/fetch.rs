@@ -51,7 +51,7 @@ fn note_followers(broker: &Arc<Broker>, req: &FetchRequest) {
             }
             if let Some(change) = p.follower_fetched(follower, fp.fetch_offset) {
                 tracing::info!(topic = %p.topic, partition = p.index, follower, isr = ?change.isr, "follower caught up; expanding ISR");
-                crate::replica::propose_isr(broker.clone(), p, change);
+                crate::replica::propose_isr(broker.replicas(), p, change);
             }
         }
     }

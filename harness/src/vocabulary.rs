@@ -1,4 +1,8 @@
-//! The anomaly vocabulary shared by plans, the checker and reports.
+//! The vocabulary shared by plans, the checker and reports: the anomalies
+//! (DESIGN.md, "Checker vocabulary") and what a plan expects of their
+//! counts.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -77,5 +81,57 @@ impl Anomaly {
 impl std::fmt::Display for Anomaly {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// An expectation on an anomaly count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Expect {
+    /// Any count is fine.
+    Any,
+    /// At most this many (0: none).
+    AtMost(u64),
+    /// At least this many (a negative control: the harness must catch it).
+    AtLeast(u64),
+}
+
+impl Expect {
+    /// What a plan expects unless it says otherwise: none of the anomalies
+    /// that fail by default, any number of the others.
+    pub fn defaults() -> BTreeMap<Anomaly, Expect> {
+        Anomaly::ALL
+            .into_iter()
+            .map(|a| {
+                (
+                    a,
+                    if a.fails_by_default() {
+                        Expect::AtMost(0)
+                    } else {
+                        Expect::Any
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Whether `count` meets the expectation.
+    pub fn met_by(self, count: u64) -> bool {
+        match self {
+            Expect::Any => true,
+            Expect::AtMost(n) => count <= n,
+            Expect::AtLeast(n) => count >= n,
+        }
+    }
+}
+
+impl std::fmt::Display for Expect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expect::Any => write!(f, "any"),
+            Expect::AtMost(0) => write!(f, "0"),
+            Expect::AtMost(n) => write!(f, "<={n}"),
+            Expect::AtLeast(n) => write!(f, ">={n}"),
+        }
     }
 }
