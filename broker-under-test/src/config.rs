@@ -201,22 +201,71 @@ pub fn parse_voters(s: &str) -> Result<std::collections::BTreeMap<u64, String>, 
     Ok(out)
 }
 
+impl FileConfig {
+    /// The config file's settings (none without a file).
+    fn read(path: Option<&std::path::Path>) -> Result<FileConfig, ConfigError> {
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// The address clients are told (`host:port`), by default the listen one.
+fn advertise(a: Option<&str>, listen: SocketAddr) -> Result<(String, i32), ConfigError> {
+    let Some(a) = a else {
+        return Ok((listen.ip().to_string(), i32::from(listen.port())));
+    };
+    let (h, p) = a.rsplit_once(':').ok_or_else(|| ConfigError::Invalid {
+        key: "advertise",
+        message: format!("{a:?} is not host:port"),
+    })?;
+    let port = p.parse::<u16>().map_err(|_| ConfigError::Invalid {
+        key: "advertise",
+        message: format!("{p:?} is not a port"),
+    })?;
+    Ok((h.to_string(), i32::from(port)))
+}
+
+/// The controller's voters (this broker alone by default).
+fn voters(
+    v: Option<&str>,
+    id: i32,
+    listen: &SocketAddr,
+    controller_listen: Option<SocketAddr>,
+) -> Result<std::collections::BTreeMap<u64, String>, ConfigError> {
+    let Some(v) = v else {
+        let mut one = std::collections::BTreeMap::new();
+        one.insert(id as u64, format!("{listen}"));
+        return Ok(one);
+    };
+    let voters = parse_voters(v).map_err(|message| ConfigError::Invalid {
+        key: "voters",
+        message,
+    })?;
+    if !voters.contains_key(&(id as u64)) {
+        return Err(ConfigError::Invalid {
+            key: "voters",
+            message: format!("this broker (id {id}) is not among the voters {v:?}"),
+        });
+    }
+    if voters.len() > 1 && controller_listen.is_none() {
+        return Err(ConfigError::Missing("controller-listen"));
+    }
+    Ok(voters)
+}
+
 impl Config {
     /// Merges flags over the config file over defaults and validates.
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
-        let file = match &args.config {
-            None => FileConfig::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
-                    path: path.clone(),
-                    source,
-                })?
-            }
-        };
+        let file = FileConfig::read(args.config.as_deref())?;
         let flush = match (args.flush, file.flush) {
             (Some(f), _) => f,
             (None, Some(s)) => s.parse().map_err(|message| ConfigError::Invalid {
@@ -234,20 +283,8 @@ impl Config {
             .data_dir
             .or(file.data_dir)
             .ok_or(ConfigError::Missing("data-dir"))?;
-        let (advertise_host, advertise_port) = match args.advertise.or(file.advertise) {
-            None => (listen.ip().to_string(), i32::from(listen.port())),
-            Some(a) => {
-                let (h, p) = a.rsplit_once(':').ok_or_else(|| ConfigError::Invalid {
-                    key: "advertise",
-                    message: format!("{a:?} is not host:port"),
-                })?;
-                let port = p.parse::<u16>().map_err(|_| ConfigError::Invalid {
-                    key: "advertise",
-                    message: format!("{p:?} is not a port"),
-                })?;
-                (h.to_string(), i32::from(port))
-            }
-        };
+        let (advertise_host, advertise_port) =
+            advertise(args.advertise.or(file.advertise).as_deref(), listen)?;
         let segment_bytes = args
             .segment_bytes
             .or(file.segment_bytes)
@@ -279,29 +316,12 @@ impl Config {
             });
         }
         let controller_listen = args.controller_listen.or(file.controller_listen);
-        let voters = match args.voters.or(file.voters) {
-            None => {
-                let mut one = std::collections::BTreeMap::new();
-                one.insert(id as u64, format!("{listen}"));
-                one
-            }
-            Some(v) => {
-                let voters = parse_voters(&v).map_err(|message| ConfigError::Invalid {
-                    key: "voters",
-                    message,
-                })?;
-                if !voters.contains_key(&(id as u64)) {
-                    return Err(ConfigError::Invalid {
-                        key: "voters",
-                        message: format!("this broker (id {id}) is not among the voters {v:?}"),
-                    });
-                }
-                if voters.len() > 1 && controller_listen.is_none() {
-                    return Err(ConfigError::Missing("controller-listen"));
-                }
-                voters
-            }
-        };
+        let voters = voters(
+            args.voters.or(file.voters).as_deref(),
+            id,
+            &listen,
+            controller_listen,
+        )?;
         if id < 0 {
             return Err(ConfigError::Invalid {
                 key: "id",

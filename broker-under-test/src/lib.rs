@@ -8,6 +8,9 @@
 //! `controller` (Raft group: cluster state) and `replica` (roles, follower
 //! fetching, ISR changes) beside them.
 
+// No function over 120 lines outside tests (clippy.toml sets the limit).
+#![warn(clippy::too_many_lines)]
+
 pub mod alloc;
 pub mod config;
 pub mod controller;

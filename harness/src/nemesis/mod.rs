@@ -188,6 +188,34 @@ impl Nemesis {
         );
     }
 
+    /// A consumer-crash fault: crashes that many consumers mid-batch.
+    fn crash_consumers(&mut self, id: u32, p: &Planned, consumers: u32) {
+        let name = p.action.kind.name();
+        let crashed = self.consumers.crash(consumers as usize, &mut self.draw);
+        if crashed.is_empty() {
+            self.skipped(p, "no consumer was running".into());
+            return;
+        }
+        self.history.record(
+            "nemesis",
+            EventKind::FaultStart {
+                id,
+                fault: name.into(),
+                targets: vec![],
+                detail: format!("consumers {crashed:?}"),
+                line: Some(p.line),
+            },
+        );
+        self.history.record(
+            "nemesis",
+            EventKind::FaultEnd {
+                id,
+                fault: name.into(),
+                targets: vec![],
+            },
+        );
+    }
+
     async fn apply(&mut self, p: &Planned) -> Result<(), Error> {
         self.next_id += 1;
         let id = self.next_id;
@@ -204,29 +232,7 @@ impl Nemesis {
             return self.apply_network(id, p).await;
         }
         if *kind == FaultKind::ConsumerCrash {
-            let crashed = self.consumers.crash(*consumers as usize, &mut self.draw);
-            if crashed.is_empty() {
-                self.skipped(p, "no consumer was running".into());
-                return Ok(());
-            }
-            self.history.record(
-                "nemesis",
-                EventKind::FaultStart {
-                    id,
-                    fault: name.into(),
-                    targets: vec![],
-                    detail: format!("consumers {crashed:?}"),
-                    line: Some(p.line),
-                },
-            );
-            self.history.record(
-                "nemesis",
-                EventKind::FaultEnd {
-                    id,
-                    fault: name.into(),
-                    targets: vec![],
-                },
-            );
+            self.crash_consumers(id, p, *consumers);
             return Ok(());
         }
         let (nodes, detail) = self.resolve(target).await;
@@ -247,40 +253,9 @@ impl Nemesis {
         let cluster = self.cluster.clone();
         let (k, ns) = (kind.clone(), nodes.clone());
         let mut pick = Draw::new(self.draw.value(0u64..u64::MAX), "pick");
-        let outcome = blocking(move || -> Result<Vec<String>, Error> {
+        let outcome = blocking(move || {
             let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
-            let mut notes = Vec::new();
-            if k == FaultKind::DropKernelCaches {
-                return drop_kernel_caches()
-                    .map(|()| vec!["sync; echo 3 > /proc/sys/vm/drop_caches".into()]);
-            }
-            for id in ns {
-                match k {
-                    FaultKind::Kill => c.kill(id)?,
-                    FaultKind::Pause => c.pause(id)?,
-                    FaultKind::Restart => c.clean_restart(id)?,
-                    FaultKind::PowerLoss { torn } => {
-                        let mut keep = |len: usize| if len == 0 { 0 } else { pick.value(0..len) };
-                        let torn: Option<&mut dyn FnMut(usize) -> usize> =
-                            if torn { Some(&mut keep) } else { None };
-                        let lost = c.power_loss(id, torn)?;
-                        notes.push(format!("node {id}: {lost} unsynced bytes lost"));
-                    }
-                    FaultKind::DiskError => c.disk_error(id, true)?,
-                    FaultKind::Corrupt { truncate } => {
-                        let mut below = |n: u64| if n == 0 { 0 } else { pick.value(0..n) };
-                        notes.push(format!(
-                            "node {id}: {}",
-                            c.corrupt(id, truncate, &mut below)?
-                        ));
-                    }
-                    FaultKind::ConsumerCrash
-                    | FaultKind::DropKernelCaches
-                    | FaultKind::Partition { .. }
-                    | FaultKind::PacketLoss { .. } => {}
-                }
-            }
-            Ok(notes)
+            on_nodes(&mut c, &k, ns, &mut pick)
         })
         .await?;
         for note in outcome {
@@ -475,4 +450,45 @@ fn drop_kernel_caches() -> Result<(), Error> {
         what: "write access to /proc/sys/vm/drop_caches".into(),
         hint: format!("{e}: drop-kernel-caches needs real root"),
     })
+}
+
+/// A process or storage fault on each node (blocking).
+fn on_nodes(
+    c: &mut Cluster,
+    k: &FaultKind,
+    ns: Vec<u32>,
+    pick: &mut Draw,
+) -> Result<Vec<String>, Error> {
+    let mut notes = Vec::new();
+    if *k == FaultKind::DropKernelCaches {
+        return drop_kernel_caches()
+            .map(|()| vec!["sync; echo 3 > /proc/sys/vm/drop_caches".into()]);
+    }
+    for id in ns {
+        match *k {
+            FaultKind::Kill => c.kill(id)?,
+            FaultKind::Pause => c.pause(id)?,
+            FaultKind::Restart => c.clean_restart(id)?,
+            FaultKind::PowerLoss { torn } => {
+                let mut keep = |len: usize| if len == 0 { 0 } else { pick.value(0..len) };
+                let torn: Option<&mut dyn FnMut(usize) -> usize> =
+                    if torn { Some(&mut keep) } else { None };
+                let lost = c.power_loss(id, torn)?;
+                notes.push(format!("node {id}: {lost} unsynced bytes lost"));
+            }
+            FaultKind::DiskError => c.disk_error(id, true)?,
+            FaultKind::Corrupt { truncate } => {
+                let mut below = |n: u64| if n == 0 { 0 } else { pick.value(0..n) };
+                notes.push(format!(
+                    "node {id}: {}",
+                    c.corrupt(id, truncate, &mut below)?
+                ));
+            }
+            FaultKind::ConsumerCrash
+            | FaultKind::DropKernelCaches
+            | FaultKind::Partition { .. }
+            | FaultKind::PacketLoss { .. } => {}
+        }
+    }
+    Ok(notes)
 }

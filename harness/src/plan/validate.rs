@@ -781,16 +781,17 @@ fn action(
         return Err(ctx.err(&format!("{path}.how"), "how goes with corrupt"));
     }
     if kind == FaultKind::ConsumerCrash {
-        let n =
-            match v {
-                Scalar::Int(n) if *n >= 1 => *n as u32,
-                _ => return Err(ctx.err(
+        let n = match v {
+            Scalar::Int(n) if *n >= 1 => *n as u32,
+            _ => {
+                return Err(ctx.err(
                     &kpath,
                     format!(
                         "consumer-crash takes how many consumers crash (a number >= 1), not {v}"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         return Ok(FaultAction {
             kind,
             target: Target::All,

@@ -163,6 +163,34 @@ pub fn render(
 ) -> String {
     let faults = &facts.faults[..];
     let end = tl.end_s.max(1.0);
+    let mut html = summary(plan, seed, o, faults.len(), end);
+    html += &charts(o, faults, tl, nodes.len(), end);
+    html += &node_lanes(facts, nodes, end);
+    html += "</svg>";
+    if !o.lost.is_empty() {
+        html += "<h2>First lost messages</h2><table><tr><th class=\"l\">value</th><th>partition</th><th>offset</th><th>acked at</th><th class=\"l\">faults around the ack</th></tr>";
+        for l in o.lost.iter().take(20) {
+            let _ = write!(html, "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{:.3}s</td><td class=\"l\">{}</td></tr>", esc(&l.value), l.partition, l.offset, l.acked_at, esc(&l.faults.join(", ")));
+        }
+        html += "</table>";
+    }
+    html += "<h2>Faults</h2><table><tr><th>#</th><th class=\"l\">kind</th><th class=\"l\">targets</th><th class=\"l\">detail</th><th>start</th><th>end</th></tr>";
+    for f in faults {
+        let _ = write!(html, "<tr><td>{}</td><td class=\"l\">{}</td><td class=\"l\">{:?}</td><td class=\"l\">{}</td><td>{:.2}s</td><td>{}</td></tr>", f.id, esc(&f.fault), f.targets, esc(&f.detail), f.start as f64 / 1e6, f.end.map_or("-".into(), |e| format!("{:.2}s", e as f64 / 1e6)));
+    }
+    html += "</table></body></html>\n";
+    html
+}
+
+/// The timeline's layout: throughput chart, latency chart, node lanes.
+const CHART_TOP: f64 = 20.0;
+const CHART_H: f64 = 180.0;
+const LAT_TOP: f64 = CHART_TOP + CHART_H + 40.0;
+const LAT_H: f64 = 140.0;
+const LANES_TOP: f64 = LAT_TOP + LAT_H + 40.0;
+
+/// The page head, the verdict, notes and the expectations table.
+fn summary(plan: &str, seed: u64, o: &Outcome, faults: usize, end: f64) -> String {
     let verdict = match o.verdict {
         Verdict::Valid => "valid",
         Verdict::Invalid => "invalid",
@@ -191,7 +219,7 @@ td.l,th.l{{text-align:left}}.bad{{background:#fde7e5}}svg{{background:#fff;borde
         let _ = write!(html, "<p class=\"bad\">{}</p>", esc(&n));
     }
     let s = &o.stats;
-    let _ = write!(html, "<table><tr><th>sent</th><th>acked</th><th>failed</th><th>indeterminate</th><th>delivered</th><th>drained</th><th>faults</th><th>duration</th></tr><tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{end:.1}s</td></tr></table>", s.sent, s.acked, s.failed, s.indeterminate, s.delivered, s.drained, faults.len());
+    let _ = write!(html, "<table><tr><th>sent</th><th>acked</th><th>failed</th><th>indeterminate</th><th>delivered</th><th>drained</th><th>faults</th><th>duration</th></tr><tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{end:.1}s</td></tr></table>", s.sent, s.acked, s.failed, s.indeterminate, s.delivered, s.drained, faults);
     html += "<table><tr><th class=\"l\">anomaly</th><th>count</th><th>wanted</th><th class=\"l\">met</th><th class=\"l\">first examples</th></tr>";
     for e in &o.expectations {
         let met = match e.met {
@@ -208,13 +236,19 @@ td.l,th.l{{text-align:left}}.bad{{background:#fde7e5}}svg{{background:#fff;borde
     }
     html += "</table>";
 
+    html
+}
+
+/// The timeline's throughput and latency charts (opens the svg).
+fn charts(o: &Outcome, faults: &[FaultWindow], tl: &Timeline, nodes: usize, end: f64) -> String {
+    let mut html = String::new();
     // Throughput with lost messages at their ack time.
-    let (top, h) = (20.0, 180.0);
+    let (top, h) = (CHART_TOP, CHART_H);
     let max_acked = tl.acked.values().copied().max().unwrap_or(1).max(1) as f64;
-    let lanes = 22.0 * nodes.len() as f64;
-    let lat_top = top + h + 40.0;
-    let lat_h = 140.0;
-    let lanes_top = lat_top + lat_h + 40.0;
+    let lanes = 22.0 * nodes as f64;
+    let lat_top = LAT_TOP;
+    let lat_h = LAT_H;
+    let lanes_top = LANES_TOP;
     let total_h = lanes_top + lanes + 20.0;
     let _ = write!(html, "<h2>Timeline</h2><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{total_h}\" viewBox=\"0 0 {W} {total_h}\">");
     html += &windows(faults, end, top, h, true);
@@ -265,7 +299,14 @@ td.l,th.l{{text-align:left}}.bad{{background:#fde7e5}}svg{{background:#fff;borde
     );
     html += &polyline(&p50, "#15803d");
     html += &polyline(&p99, "#7e22ce");
-    // Node lanes: fault bars, restarts, leadership.
+    html
+}
+
+/// Per node: fault bars, restarts, leadership.
+fn node_lanes(facts: &Facts, nodes: &[u32], end: f64) -> String {
+    let lanes_top = LANES_TOP;
+    let faults = &facts.faults[..];
+    let mut html = String::new();
     let _ = write!(html, "<text class=\"lane\" x=\"{LEFT}\" y=\"{}\">per node: faults (bars), restarts, &#9650; became leader (Metadata)</text>", lanes_top - 8.0);
     for (i, n) in nodes.iter().enumerate() {
         let y = lanes_top + 22.0 * i as f64;
@@ -297,19 +338,6 @@ td.l,th.l{{text-align:left}}.bad{{background:#fde7e5}}svg{{background:#fff;borde
             );
         }
     }
-    html += "</svg>";
-    if !o.lost.is_empty() {
-        html += "<h2>First lost messages</h2><table><tr><th class=\"l\">value</th><th>partition</th><th>offset</th><th>acked at</th><th class=\"l\">faults around the ack</th></tr>";
-        for l in o.lost.iter().take(20) {
-            let _ = write!(html, "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{:.3}s</td><td class=\"l\">{}</td></tr>", esc(&l.value), l.partition, l.offset, l.acked_at, esc(&l.faults.join(", ")));
-        }
-        html += "</table>";
-    }
-    html += "<h2>Faults</h2><table><tr><th>#</th><th class=\"l\">kind</th><th class=\"l\">targets</th><th class=\"l\">detail</th><th>start</th><th>end</th></tr>";
-    for f in faults {
-        let _ = write!(html, "<tr><td>{}</td><td class=\"l\">{}</td><td class=\"l\">{:?}</td><td class=\"l\">{}</td><td>{:.2}s</td><td>{}</td></tr>", f.id, esc(&f.fault), f.targets, esc(&f.detail), f.start as f64 / 1e6, f.end.map_or("-".into(), |e| format!("{:.2}s", e as f64 / 1e6)));
-    }
-    html += "</table></body></html>\n";
     html
 }
 

@@ -123,20 +123,20 @@ async fn stream_info(bootstrap: &str, topic: &str) -> Result<stream::Info, Strin
     s.get_info().await.map_err(|e| e.to_string())
 }
 
-/// One read of the whole stream (see `drain`).
-async fn read_stream(
+/// The stream with the view of its leader, once it has one. Ok(Err(why)):
+/// the stream does not exist any more.
+async fn led_stream(
     bootstrap: &str,
     topic: &str,
     timeout: Duration,
     deadline: Instant,
-    patience: Duration,
-) -> Result<StreamRead, String> {
+) -> Result<Result<(stream::Stream, StreamView), String>, String> {
     let mut last_error = String::new();
     // JetStream answering "stream not found" this long: the stream is gone.
     let gone_after = (timeout / 3).max(Duration::from_secs(10));
     let mut not_found_since: Option<Instant> = None;
     let mut leaderless = std::collections::BTreeSet::new();
-    let (stream, view) = loop {
+    loop {
         if Instant::now() >= deadline {
             return Err(format!("stream info: {last_error}"));
         }
@@ -148,7 +148,7 @@ async fn read_stream(
                     // last sequence 85,876 from one, 97,821 from another):
                     // nothing certain can be read until there is a leader.
                     Ok(info) if info.cluster.as_ref().is_none_or(|c| c.leader.is_some()) => {
-                        break (s, StreamView::of(&info))
+                        return Ok(Ok((s, StreamView::of(&info))))
                     }
                     Ok(info) => {
                         leaderless.insert(info.state.last_sequence);
@@ -163,7 +163,7 @@ async fn read_stream(
                     if last_error.contains("stream not found") {
                         let since = *not_found_since.get_or_insert_with(Instant::now);
                         if since.elapsed() >= gone_after {
-                            return Ok(StreamRead::Gone(format!(
+                            return Ok(Err(format!(
                                 "stream {topic} does not exist any more ({last_error} for {gone_after:?}): it holds nothing"
                             )));
                         }
@@ -176,7 +176,22 @@ async fn read_stream(
         }
         not_found_since = None;
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One read of the whole stream (see `drain`).
+async fn read_stream(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+    deadline: Instant,
+    patience: Duration,
+) -> Result<StreamRead, String> {
+    let (stream, view) = match led_stream(bootstrap, topic, timeout, deadline).await? {
+        Ok(found) => found,
+        Err(gone) => return Ok(StreamRead::Gone(gone)),
     };
+    let mut last_error = String::new();
     let last = view.last;
     let started = Instant::now();
     let unreadable = |from: u64, since: Instant, why: &str| Unreadable {
