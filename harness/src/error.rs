@@ -28,7 +28,15 @@ pub enum Error {
     #[error("this machine lacks {what}: {hint}")]
     Capability { what: String, hint: String },
     #[error("cluster: {0}")]
-    Cluster(String),
+    Node(#[from] crate::cluster::ClusterError),
+    #[error("driver: {0}")]
+    Driver(#[from] crate::driver::DriverError),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error("nemesis: {0}")]
+    Nemesis(#[from] crate::nemesis::NemesisError),
+    #[error(transparent)]
+    History(#[from] crate::history::HistoryError),
     #[error("{0}")]
     Harness(String),
 }
@@ -39,13 +47,11 @@ impl Error {
         match self {
             Error::Plan(_) | Error::Usage(_) => exit::USAGE,
             Error::Capability { .. } => exit::CAPABILITY,
-            Error::Cluster(_) | Error::Harness(_) => exit::HARNESS,
+            Error::Node(e) => e.exit_code(),
+            Error::Driver(e) => e.exit_code(),
+            Error::Sandbox(e) => e.exit_code(),
+            Error::Nemesis(e) => e.exit_code(),
+            Error::History(_) | Error::Harness(_) => exit::HARNESS,
         }
-    }
-}
-
-impl From<crate::history::HistoryError> for Error {
-    fn from(e: crate::history::HistoryError) -> Self {
-        Error::Harness(e.to_string())
     }
 }

@@ -15,10 +15,13 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 use crate::driver::Driver;
+pub mod error;
+
 pub use crate::driver::NodeRecipe;
 use crate::error::Error;
 use crate::plan::{ClusterSpec, Readiness};
 use crate::sandbox::spawn;
+pub use error::{ClusterError, ClusterErrorKind};
 
 /// Whether a node process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,11 +65,14 @@ pub struct Cluster {
     recipe: NodeRecipe,
 }
 
-fn free_port(host: &str) -> Result<u16, Error> {
+fn free_port(host: &str) -> Result<u16, ClusterError> {
     std::net::TcpListener::bind((host, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| Error::Harness(format!("pick a port on {host}: {e}")))
+        .map_err(|e| ClusterError {
+            node: None,
+            kind: ClusterErrorKind::Port(e),
+        })
 }
 
 impl Cluster {
@@ -91,12 +97,12 @@ impl Cluster {
             };
             let data_dir = nodes_dir.join(id.to_string()).join("data");
             std::fs::create_dir_all(&data_dir)
-                .map_err(|e| Error::Harness(format!("create {}: {e}", data_dir.display())))?;
+                .map_err(|e| ClusterError::io(id, "create", &data_dir, e))?;
             let log = nodes_dir.join(format!("{id}.log"));
             let lazyfs = if lazyfs {
                 let backing = nodes_dir.join(id.to_string()).join("backing");
                 std::fs::create_dir_all(&backing)
-                    .map_err(|e| Error::Harness(format!("create {}: {e}", backing.display())))?;
+                    .map_err(|e| ClusterError::io(id, "create", &backing, e))?;
                 Some(
                     crate::lazyfs::mount(&backing, &data_dir).map_err(|e| Error::Capability {
                         what: "a FUSE mount for storage.lazyfs".into(),
@@ -143,14 +149,14 @@ impl Cluster {
             .join(",")
     }
 
-    fn node(&mut self, id: u32) -> Result<&mut Node, Error> {
+    fn node(&mut self, id: u32) -> Result<&mut Node, ClusterError> {
         self.nodes
             .iter_mut()
             .find(|n| n.id == id)
-            .ok_or_else(|| Error::Harness(format!("no node {id}")))
+            .ok_or_else(|| ClusterError::node(id, ClusterErrorKind::NoNode))
     }
 
-    fn command_for(&self, id: u32) -> Result<Command, Error> {
+    fn command_for(&self, id: u32) -> Result<Command, ClusterError> {
         let peers = self
             .nodes
             .iter()
@@ -167,7 +173,7 @@ impl Cluster {
             .nodes
             .iter()
             .find(|n| n.id == id)
-            .ok_or_else(|| Error::Harness(format!("no node {id}")))?;
+            .ok_or_else(|| ClusterError::node(id, ClusterErrorKind::NoNode))?;
         let peer_routes = self
             .nodes
             .iter()
@@ -190,31 +196,41 @@ impl Cluster {
         let argv: Vec<String> = self.recipe.command.iter().map(|a| fill(a)).collect();
         if let Some(template) = &self.recipe.config {
             std::fs::write(&config_path, fill(template))
-                .map_err(|e| Error::Harness(format!("write {}: {e}", config_path.display())))?;
+                .map_err(|e| ClusterError::io(id, "write", &config_path, e))?;
         }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&n.log)
-            .map_err(|e| Error::Harness(format!("open {}: {e}", n.log.display())))?;
+            .map_err(|e| ClusterError::io(id, "open", &n.log, e))?;
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| Error::Harness(e.to_string()))?)
+            .stdout(
+                log.try_clone()
+                    .map_err(|e| ClusterError::io(id, "open", &n.log, e))?,
+            )
             .stderr(log);
         Ok(cmd)
     }
 
     /// Starts node `id` (first start and restart alike).
-    fn launch(&mut self, id: u32) -> Result<(), Error> {
+    fn launch(&mut self, id: u32) -> Result<(), ClusterError> {
         let cmd = self.command_for(id)?;
         let program = format!("{:?}", cmd.get_program());
         let ns = match &self.node(id)?.netns {
             Some(h) => spawn::Namespace::Join(crate::sandbox::netns_fd(h)),
             None => spawn::Namespace::Inherit,
         };
-        let child = spawn::spawn_in(cmd, ns)
-            .map_err(|e| Error::Cluster(format!("start node {id} ({program}): {e}")))?;
+        let child = spawn::spawn_in(cmd, ns).map_err(|e| {
+            ClusterError::node(
+                id,
+                ClusterErrorKind::Start {
+                    program: program.clone(),
+                    reason: e.to_string(),
+                },
+            )
+        })?;
         let n = self.node(id)?;
         n.child = Some(child);
         n.state = NodeState::Running;
@@ -222,40 +238,46 @@ impl Cluster {
     }
 
     /// Waits until node `id` passes the recipe's readiness check.
-    pub fn wait_ready(&mut self, id: u32) -> Result<(), Error> {
+    pub fn wait_ready(&mut self, id: u32) -> Result<(), ClusterError> {
         self.wait_until(id, self.recipe.ready)
     }
 
     /// Waits until node `id` passes `ready`.
-    fn wait_until(&mut self, id: u32, ready: Readiness) -> Result<(), Error> {
+    fn wait_until(&mut self, id: u32, ready: Readiness) -> Result<(), ClusterError> {
         let timeout = self.recipe.ready_timeout;
         let deadline = Instant::now() + timeout;
         loop {
             let n = self.node(id)?;
             if let Some(Ok(Some(status))) = n.child.as_mut().map(|c| c.try_wait()) {
                 n.state = NodeState::Down;
-                let tail = tail(&n.log, 15);
-                return Err(Error::Cluster(format!(
-                    "node {id} exited during start ({status}); last lines of {}:\n{tail}",
-                    n.log.display()
-                )));
+                return Err(ClusterError::node(
+                    id,
+                    ClusterErrorKind::ExitedDuringStart {
+                        status: status.to_string(),
+                        tail: tail(&n.log, 15),
+                        log: n.log.clone(),
+                    },
+                ));
             }
             if crate::driver::ready(ready, &n.addr(), id) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 let log = self.node(id)?.log.clone();
-                return Err(Error::Cluster(format!(
-                    "node {id} not ready after {timeout:?}; last lines of {}:\n{}",
-                    log.display(),
-                    tail(&log, 15)
-                )));
+                return Err(ClusterError::node(
+                    id,
+                    ClusterErrorKind::NotReady {
+                        after: timeout,
+                        tail: tail(&log, 15),
+                        log,
+                    },
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    fn signal(&mut self, id: u32, sig: Signal) -> Result<(), Error> {
+    fn signal(&mut self, id: u32, sig: Signal) -> Result<(), ClusterError> {
         let n = self.node(id)?;
         if let Some(pgid) = n.pgid() {
             // ESRCH: the group is already gone, which is what was wanted.
@@ -265,7 +287,7 @@ impl Cluster {
     }
 
     /// SIGKILL the node's process group and reap it.
-    pub fn kill(&mut self, id: u32) -> Result<(), Error> {
+    pub fn kill(&mut self, id: u32) -> Result<(), ClusterError> {
         self.signal(id, Signal::SIGKILL)?;
         let n = self.node(id)?;
         if let Some(mut c) = n.child.take() {
@@ -276,7 +298,7 @@ impl Cluster {
     }
 
     /// SIGSTOP the node's process group.
-    pub fn pause(&mut self, id: u32) -> Result<(), Error> {
+    pub fn pause(&mut self, id: u32) -> Result<(), ClusterError> {
         if self.node(id)?.state == NodeState::Running {
             self.signal(id, Signal::SIGSTOP)?;
             self.node(id)?.state = NodeState::Paused;
@@ -285,7 +307,7 @@ impl Cluster {
     }
 
     /// SIGCONT a paused node.
-    pub fn resume(&mut self, id: u32) -> Result<(), Error> {
+    pub fn resume(&mut self, id: u32) -> Result<(), ClusterError> {
         if self.node(id)?.state == NodeState::Paused {
             self.signal(id, Signal::SIGCONT)?;
             self.node(id)?.state = NodeState::Running;
@@ -296,7 +318,7 @@ impl Cluster {
     /// Starts a node that is down, on the same data dir, and waits until it
     /// listens. Not for full readiness: a cluster member may need peers
     /// that are still paused or down to rejoin, and the run goes on.
-    pub fn restart(&mut self, id: u32) -> Result<(), Error> {
+    pub fn restart(&mut self, id: u32) -> Result<(), ClusterError> {
         if self.node(id)?.state == NodeState::Down {
             self.launch(id)?;
             self.wait_until(id, Readiness::Tcp)?;
@@ -305,7 +327,7 @@ impl Cluster {
     }
 
     /// SIGTERM, wait up to 10 s (then SIGKILL), and start again.
-    pub fn clean_restart(&mut self, id: u32) -> Result<(), Error> {
+    pub fn clean_restart(&mut self, id: u32) -> Result<(), ClusterError> {
         self.resume(id)?;
         self.signal(id, Signal::SIGTERM)?;
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -332,7 +354,7 @@ impl Cluster {
     /// Restarts a node; a node that exits while starting (it cannot
     /// recover its data, say) is a finding, not a harness failure: it stays
     /// down and the reason is returned.
-    pub fn restart_or_report(&mut self, id: u32) -> Result<Option<String>, Error> {
+    pub fn restart_or_report(&mut self, id: u32) -> Result<Option<String>, ClusterError> {
         match self.restart(id) {
             Ok(()) => Ok(None),
             Err(e) if self.node(id)?.state == NodeState::Down => Ok(Some(e.to_string())),
@@ -343,7 +365,7 @@ impl Cluster {
     /// Resumes paused nodes, restarts stopped ones, and waits until every
     /// running node is ready (end-of-run heal). Returns why nodes that
     /// could not start again stayed down.
-    pub fn heal(&mut self) -> Result<Vec<String>, Error> {
+    pub fn heal(&mut self) -> Result<Vec<String>, ClusterError> {
         let mut down = Vec::new();
         let ids: Vec<u32> = self.nodes.iter().map(|n| n.id).collect();
         for id in ids {
@@ -385,12 +407,12 @@ impl Cluster {
         }
     }
 
-    fn lazyfs(&mut self, id: u32) -> Result<crate::lazyfs::LazyFsControl, Error> {
+    fn lazyfs(&mut self, id: u32) -> Result<crate::lazyfs::LazyFsControl, ClusterError> {
         self.node(id)?
             .lazyfs
             .as_ref()
             .map(|m| m.control.clone())
-            .ok_or_else(|| Error::Harness(format!("node {id} has no lazy filesystem")))
+            .ok_or_else(|| ClusterError::node(id, ClusterErrorKind::NoLazyFs))
     }
 
     /// Power failure of one node: SIGKILL, then every unsynced write is
@@ -400,14 +422,17 @@ impl Cluster {
         &mut self,
         id: u32,
         torn: Option<&mut dyn FnMut(usize) -> usize>,
-    ) -> Result<u64, Error> {
+    ) -> Result<u64, ClusterError> {
         self.kill(id)?;
-        let lost = self.lazyfs(id)?.power_loss(torn).map_err(Error::Harness)?;
+        let lost = self
+            .lazyfs(id)?
+            .power_loss(torn)
+            .map_err(|e| ClusterError::node(id, ClusterErrorKind::LazyFs(e)))?;
         Ok(lost.bytes_lost)
     }
 
     /// Makes the node's disk fail writes and fsyncs with EIO (None: heal).
-    pub fn disk_error(&mut self, id: u32, on: bool) -> Result<(), Error> {
+    pub fn disk_error(&mut self, id: u32, on: bool) -> Result<(), ClusterError> {
         let e = on.then_some(crate::lazyfs::DiskError {
             writes: true,
             fsyncs: true,
@@ -424,17 +449,13 @@ impl Cluster {
         id: u32,
         truncate: bool,
         pick: &mut dyn FnMut(u64) -> u64,
-    ) -> Result<String, Error> {
+    ) -> Result<String, ClusterError> {
         self.kill(id)?;
         let dir = self.node(id)?.data_dir.clone();
-        let file = newest_file(&dir).ok_or_else(|| {
-            Error::Harness(format!(
-                "node {id} has no data file to corrupt in {}",
-                dir.display()
-            ))
-        })?;
+        let file = newest_file(&dir)
+            .ok_or_else(|| ClusterError::node(id, ClusterErrorKind::NoDataFile(dir.clone())))?;
         let len = std::fs::metadata(&file)
-            .map_err(|e| Error::Harness(format!("stat {}: {e}", file.display())))?
+            .map_err(|e| ClusterError::io(id, "stat", &file, e))?
             .len();
         let done = if len == 0 {
             format!("{} is empty: nothing to damage", file.display())
@@ -443,10 +464,10 @@ impl Cluster {
             let f = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&file)
-                .map_err(|e| Error::Harness(format!("open {}: {e}", file.display())))?;
+                .map_err(|e| ClusterError::io(id, "open", &file, e))?;
             f.set_len(len - cut)
                 .and_then(|_| f.sync_all())
-                .map_err(|e| Error::Harness(format!("truncate {}: {e}", file.display())))?;
+                .map_err(|e| ClusterError::io(id, "truncate", &file, e))?;
             format!("cut {cut} bytes from the end of {}", file.display())
         } else {
             use std::os::unix::fs::FileExt;
@@ -454,21 +475,21 @@ impl Cluster {
                 .read(true)
                 .write(true)
                 .open(&file)
-                .map_err(|e| Error::Harness(format!("open {}: {e}", file.display())))?;
+                .map_err(|e| ClusterError::io(id, "open", &file, e))?;
             let window = len.min(65536);
             let mut flipped = Vec::new();
             for _ in 0..8 {
                 let at = len - window + pick(window);
                 let mut b = [0u8; 1];
                 f.read_exact_at(&mut b, at)
-                    .map_err(|e| Error::Harness(format!("read {}: {e}", file.display())))?;
+                    .map_err(|e| ClusterError::io(id, "read", &file, e))?;
                 b[0] ^= 1 << pick(8);
                 f.write_all_at(&b, at)
-                    .map_err(|e| Error::Harness(format!("write {}: {e}", file.display())))?;
+                    .map_err(|e| ClusterError::io(id, "write", &file, e))?;
                 flipped.push(at);
             }
             f.sync_all()
-                .map_err(|e| Error::Harness(format!("fsync {}: {e}", file.display())))?;
+                .map_err(|e| ClusterError::io(id, "fsync", &file, e))?;
             format!("flipped bits at bytes {flipped:?} of {}", file.display())
         };
         self.restart(id)?;
@@ -476,13 +497,21 @@ impl Cluster {
     }
 
     /// Starts `cmd` inside node `id`'s network namespace (tests, probes).
-    pub fn spawn_in_node(&mut self, id: u32, cmd: Command) -> Result<Child, Error> {
+    pub fn spawn_in_node(&mut self, id: u32, cmd: Command) -> Result<Child, ClusterError> {
+        let cmd_program = cmd.get_program().to_os_string();
         let ns = match &self.node(id)?.netns {
             Some(h) => spawn::Namespace::Join(crate::sandbox::netns_fd(h)),
             None => spawn::Namespace::Inherit,
         };
-        spawn::spawn_in(cmd, ns)
-            .map_err(|e| Error::Harness(format!("start a process on node {id}: {e}")))
+        spawn::spawn_in(cmd, ns).map_err(|e| {
+            ClusterError::node(
+                id,
+                ClusterErrorKind::Start {
+                    program: format!("{:?}", cmd_program),
+                    reason: e.to_string(),
+                },
+            )
+        })
     }
 
     /// Node ids.

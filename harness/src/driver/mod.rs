@@ -68,9 +68,11 @@ impl DriverError {
     }
 }
 
-impl From<DriverError> for Error {
-    fn from(e: DriverError) -> Self {
-        Error::Cluster(e.to_string())
+impl DriverError {
+    /// The process exit code when a driver error ends a run: the harness
+    /// could not talk to the cluster (4).
+    pub fn exit_code(&self) -> i32 {
+        crate::error::exit::HARNESS
     }
 }
 

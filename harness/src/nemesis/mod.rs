@@ -23,6 +23,27 @@ use crate::plan::{FaultAction, FaultKind, Target};
 use crate::workload::consumer::Consumers;
 use schedule::Planned;
 
+/// What the nemesis could not do to the network.
+#[derive(Debug, thiserror::Error)]
+pub enum NemesisError {
+    /// nft is not installed (exit 3).
+    #[error("this machine lacks nft: {0}: apt-get install nftables")]
+    NoNft(String),
+    /// nft refused or failed (exit 4).
+    #[error("nft {command}: {reason}")]
+    Nft { command: String, reason: String },
+}
+
+impl NemesisError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            NemesisError::NoNft(_) => crate::error::exit::CAPABILITY,
+            NemesisError::Nft { .. } => crate::error::exit::HARNESS,
+        }
+    }
+}
+
 /// A fault whose inverse is still due.
 #[derive(Debug, Clone)]
 struct Active {

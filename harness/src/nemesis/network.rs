@@ -16,8 +16,8 @@ use std::process::{Command, Stdio};
 
 pub use crate::plan::value::{parse_shape, Shape};
 
+use super::NemesisError;
 use crate::draw::Draw;
-use crate::error::Error;
 use crate::sandbox::node_addr;
 
 /// Which packets a fault drops.
@@ -226,7 +226,7 @@ pub fn script(id: u32, c: &Cut) -> String {
     s + "}\n"
 }
 
-fn nft(stdin: Option<&str>, args: &[&str]) -> Result<(), Error> {
+fn nft(stdin: Option<&str>, args: &[&str]) -> Result<(), NemesisError> {
     let mut child = Command::new("nft")
         .args(args)
         .stdin(if stdin.is_some() {
@@ -237,38 +237,38 @@ fn nft(stdin: Option<&str>, args: &[&str]) -> Result<(), Error> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::Capability {
-            what: "nft".into(),
-            hint: format!("{e}: apt-get install nftables"),
-        })?;
+        .map_err(|e| NemesisError::NoNft(e.to_string()))?;
     if let Some(text) = stdin {
         child
             .stdin
             .take()
             .expect("piped")
             .write_all(text.as_bytes())
-            .map_err(|e| Error::Harness(format!("nft: {e}")))?;
+            .map_err(|e| NemesisError::Nft {
+                command: args.join(" "),
+                reason: e.to_string(),
+            })?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::Harness(format!("nft: {e}")))?;
+    let out = child.wait_with_output().map_err(|e| NemesisError::Nft {
+        command: args.join(" "),
+        reason: e.to_string(),
+    })?;
     if !out.status.success() {
-        return Err(Error::Harness(format!(
-            "nft {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(NemesisError::Nft {
+            command: args.join(" "),
+            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }
 
 /// Installs fault `id`'s rules.
-pub fn apply(id: u32, c: &Cut) -> Result<(), Error> {
+pub fn apply(id: u32, c: &Cut) -> Result<(), NemesisError> {
     nft(Some(&script(id, c)), &["-f", "-"])
 }
 
 /// Removes fault `id`'s rules (all of them, nothing else).
-pub fn heal(id: u32) -> Result<(), Error> {
+pub fn heal(id: u32) -> Result<(), NemesisError> {
     nft(None, &["delete", "table", "inet", &format!("unlost_f{id}")])
 }
 

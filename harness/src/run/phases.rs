@@ -328,9 +328,11 @@ async fn wait_for_leaders(
             Err(e) => e.to_string(),
         };
         if Instant::now() >= deadline {
-            return Err(Error::Cluster(format!(
-                "topic {topic} has no leader for every partition after {timeout:?}: {last_error}"
-            )));
+            return Err(crate::driver::DriverError::Timeout {
+                what: format!("a leader for every partition of topic {topic} ({last_error})"),
+                after: timeout,
+            }
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

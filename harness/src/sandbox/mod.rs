@@ -12,6 +12,7 @@
 //! The per-node namespace is held by a `sleep` process that dies with the
 //! harness (PR_SET_PDEATHSIG).
 
+mod error;
 pub mod spawn;
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -19,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 
 use nix::sched::{unshare, CloneFlags};
 
-use crate::error::Error;
+pub use error::SandboxError;
 
 /// Whether this process is in a sandbox `enter` made.
 static ENTERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -37,34 +38,34 @@ pub fn node_addr(id: u32) -> String {
     format!("10.77.{id}.2")
 }
 
-fn write(path: &str, text: &str) -> Result<(), Error> {
-    std::fs::write(path, text).map_err(|e| Error::Capability {
+fn write(path: &str, text: &str) -> Result<(), SandboxError> {
+    std::fs::write(path, text).map_err(|e| SandboxError::Missing {
         what: format!("write {path}"),
         hint: e.to_string(),
     })
 }
 
-fn run(cmd: &mut Command) -> Result<(), Error> {
-    let out = cmd.output().map_err(|e| Error::Capability {
+fn run(cmd: &mut Command) -> Result<(), SandboxError> {
+    let out = cmd.output().map_err(|e| SandboxError::Missing {
         what: format!("{:?}", cmd.get_program()),
         hint: format!("{e} (install iproute2 and util-linux)"),
     })?;
     if !out.status.success() {
-        return Err(Error::Harness(format!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(SandboxError::failed(
+            format!("{cmd:?}"),
+            String::from_utf8_lossy(&out.stderr).trim(),
+        ));
     }
     Ok(())
 }
 
 /// Enters private namespaces. Call before any thread exists.
-pub fn enter() -> Result<(), Error> {
+pub fn enter() -> Result<(), SandboxError> {
     let root = nix::unistd::geteuid().is_root();
     REAL_ROOT.store(root, std::sync::atomic::Ordering::SeqCst);
     if !root {
         let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
-        unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| Error::Capability {
+        unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| SandboxError::Missing {
             what: "user namespaces".into(),
             hint: format!(
                 "unshare(CLONE_NEWUSER): {e}; run as root or enable user.max_user_namespaces"
@@ -74,9 +75,11 @@ pub fn enter() -> Result<(), Error> {
         write("/proc/self/uid_map", &format!("0 {uid} 1"))?;
         write("/proc/self/gid_map", &format!("0 {gid} 1"))?;
     }
-    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).map_err(|e| Error::Capability {
-        what: "network and mount namespaces".into(),
-        hint: format!("unshare: {e}; run as root or with user namespaces enabled"),
+    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).map_err(|e| {
+        SandboxError::Missing {
+            what: "network and mount namespaces".into(),
+            hint: format!("unshare: {e}; run as root or with user namespaces enabled"),
+        }
     })?;
     // Mounts made during the run (the lazy filesystem) stay in here.
     nix::mount::mount(
@@ -86,7 +89,7 @@ pub fn enter() -> Result<(), Error> {
         nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(|e| Error::Harness(format!("make mounts private: {e}")))?;
+    .map_err(|e| SandboxError::failed("make mounts private", e))?;
     run(Command::new("ip").args(["link", "set", "lo", "up"]))?;
     write("/proc/sys/net/ipv4/ip_forward", "1")?;
     ENTERED.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -122,10 +125,11 @@ impl Drop for Host {
 
 /// Creates node `id`'s host: a network namespace with eth0 at 10.77.id.2,
 /// joined to the switch by veth `un<id>` at 10.77.id.1.
-pub fn add_host(id: u32) -> Result<Host, Error> {
+pub fn add_host(id: u32) -> Result<Host, SandboxError> {
     if !entered() {
-        return Err(Error::Harness(
-            "sandbox::add_host before sandbox::enter".into(),
+        return Err(SandboxError::failed(
+            format!("add host {id}"),
+            "sandbox::add_host before sandbox::enter",
         ));
     }
     let mut cmd = Command::new("sleep");
@@ -134,11 +138,11 @@ pub fn add_host(id: u32) -> Result<Host, Error> {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let holder = spawn::spawn_in(cmd, spawn::Namespace::New)
-        .map_err(|e| Error::Harness(format!("start namespace holder for node {id}: {e}")))?;
+        .map_err(|e| SandboxError::failed(format!("start namespace holder for node {id}"), e))?;
     let pid = holder.id();
     let ns_path = format!("/proc/{pid}/ns/net");
     let netns: OwnedFd = std::fs::File::open(&ns_path)
-        .map_err(|e| Error::Harness(format!("open {ns_path}: {e}")))?
+        .map_err(|e| SandboxError::failed(format!("open {ns_path}"), e))?
         .into();
     let host = Host {
         id,
