@@ -17,7 +17,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderPartition, OffsetForLeaderTopic,
@@ -25,7 +24,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::config::{Config, FlushPolicy};
@@ -201,35 +200,19 @@ impl Client {
         req: &Req,
     ) -> Result<Resp, String> {
         self.correlation = self.correlation.wrapping_add(1);
-        let header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(StrBytes::from_static_str("unlost-broker-replica")));
-        let mut buf = BytesMut::new();
-        buf.put_i32(0);
-        header
-            .encode(&mut buf, key.request_header_version(version))
+        let correlation = self.correlation;
+        let frame = unlost_wire::request(key, version, correlation, "unlost-broker-replica", req)
             .map_err(|e| e.to_string())?;
-        req.encode(&mut buf, version).map_err(|e| e.to_string())?;
-        let len = (buf.len() - 4) as i32;
-        buf[..4].copy_from_slice(&len.to_be_bytes());
         let addr = self.addr.clone();
         let io = async {
-            self.stream.write_all(&buf).await?;
-            let len = self.stream.read_i32().await?;
-            let mut body = vec![0u8; len.max(0) as usize];
-            self.stream.read_exact(&mut body).await?;
-            Ok::<_, std::io::Error>(body)
+            self.stream.write_all(&frame).await?;
+            unlost_wire::read_frame_async(&mut self.stream, unlost_wire::MAX_FRAME).await
         };
         let body = tokio::time::timeout(Duration::from_secs(10), io)
             .await
             .map_err(|_| format!("{addr}: no answer within 10s"))?
             .map_err(|e| format!("{addr}: {e}"))?;
-        let mut body = Bytes::from(body);
-        ResponseHeader::decode(&mut body, key.response_header_version(version))
-            .map_err(|e| format!("{addr}: bad response header: {e}"))?;
-        Resp::decode(&mut body, version).map_err(|e| format!("{addr}: bad {key:?} response: {e}"))
+        unlost_wire::response(key, version, correlation, body).map_err(|e| format!("{addr}: {e}"))
     }
 }
 

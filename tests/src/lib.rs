@@ -12,9 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::{Decodable, Encodable};
 
 /// The workspace's target directory for the profile these tests run in.
 fn target_dir() -> PathBuf {
@@ -268,32 +268,17 @@ impl KafkaConn {
         req: &Req,
     ) -> std::io::Result<Resp> {
         self.correlation += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(StrBytes::from_static_str("unlost-tests")));
-        let mut body = BytesMut::new();
-        header
-            .encode(&mut body, key.request_header_version(version))
-            .unwrap();
-        req.encode(&mut body, version).unwrap();
-        self.send_frame(&body)?;
-        let mut resp = self.read_frame()?;
-        let rh = ResponseHeader::decode(&mut resp, key.response_header_version(version)).unwrap();
-        assert_eq!(
-            rh.correlation_id, self.correlation,
-            "responses come back in order"
-        );
-        Ok(Resp::decode(&mut resp, version).expect("decodable response"))
+        let frame = unlost_wire::request(key, version, self.correlation, "unlost-tests", req)
+            .expect("encodable request");
+        self.stream.write_all(&frame)?;
+        let resp = self.read_frame()?;
+        Ok(unlost_wire::response(key, version, self.correlation, resp)
+            .expect("a decodable response to this request"))
     }
 
     /// Writes a size-prefixed frame.
     pub fn send_frame(&mut self, body: &[u8]) -> std::io::Result<()> {
-        let mut frame = BytesMut::with_capacity(body.len() + 4);
-        frame.put_i32(body.len() as i32);
-        frame.extend_from_slice(body);
-        self.stream.write_all(&frame)
+        self.stream.write_all(&unlost_wire::frame(body))
     }
 
     /// Writes raw bytes as they are.
@@ -303,11 +288,10 @@ impl KafkaConn {
 
     /// Reads one size-prefixed frame.
     pub fn read_frame(&mut self) -> std::io::Result<Bytes> {
-        let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len)?;
-        let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
-        self.stream.read_exact(&mut buf)?;
-        Ok(Bytes::from(buf))
+        unlost_wire::read_frame(&mut self.stream, unlost_wire::MAX_FRAME).map_err(|e| match e {
+            unlost_wire::WireError::Io(e) => e,
+            other => std::io::Error::other(other),
+        })
     }
 
     /// Closes the sending side, so the broker sees end of input.

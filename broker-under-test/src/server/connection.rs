@@ -81,12 +81,10 @@ async fn read_loop(
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(format!("read: {e}")),
         };
-        if len < 0 || len as usize > max {
-            return Err(format!(
-                "request size {len} is outside 0..={max} (--max-request-bytes)"
-            ));
-        }
-        let mut buf = vec![0u8; len as usize];
+        let len = unlost_wire::frame_len(len, max).map_err(|_| {
+            format!("request size {len} is outside 0..={max} (--max-request-bytes)")
+        })?;
+        let mut buf = vec![0u8; len];
         rd.read_exact(&mut buf)
             .await
             .map_err(|e| format!("client disconnected mid-request ({len} bytes announced): {e}"))?;

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use proptest::prelude::*;
@@ -16,18 +16,9 @@ fn name(s: &'static str) -> TopicName {
     TopicName(StrBytes::from_static_str(s))
 }
 
+/// A request's header and body (without the size: `send_frame` adds it).
 fn frame<R: Encodable>(key: ApiKey, version: i16, req: &R) -> Vec<u8> {
-    let header = RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(7)
-        .with_client_id(Some(StrBytes::from_static_str("fuzz")));
-    let mut b = BytesMut::new();
-    header
-        .encode(&mut b, key.request_header_version(version))
-        .unwrap();
-    req.encode(&mut b, version).unwrap();
-    b.to_vec()
+    unlost_wire::request(key, version, 7, "fuzz", req).unwrap()[4..].to_vec()
 }
 
 /// Valid requests of every API the broker serves, at old and new versions.

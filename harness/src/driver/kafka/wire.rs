@@ -1,30 +1,26 @@
 //! A blocking Kafka protocol connection for the harness's own reads (the
 //! final drain, replica reads): one request and its response at a time,
-//! framed with a size cap, plus the two calls they need: Metadata with
+//! framed by `unlost_wire` (with its size cap), plus the two calls they need: Metadata with
 //! leader epochs and ISR as one node sees them, and Fetch.
 //!
 //! rdkafka hides which broker answered and its leader epoch; a final read
 //! that must be certain needs both.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
-    RequestHeader, ResponseHeader, TopicName,
+    ApiKey, BrokerId, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::RecordBatchDecoder;
 
 use crate::history::value_of;
 
-/// Largest response frame accepted (a fetch asks for at most 8 MiB).
-pub const MAX_FRAME: usize = 64 << 20;
+pub use unlost_wire::MAX_FRAME;
 
 /// Kafka's ordinary consumer id in Fetch: reads the leader below its high watermark.
 pub const CONSUMER: i32 = -1;
@@ -77,48 +73,15 @@ impl Conn {
         req: &Req,
     ) -> Result<Resp, String> {
         self.correlation += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(StrBytes::from_static_str("unlost")));
-        let mut buf = BytesMut::new();
-        buf.put_i32(0);
-        header
-            .encode(&mut buf, key.request_header_version(version))
-            .map_err(|e| format!("encode {key:?} header: {e}"))?;
-        req.encode(&mut buf, version)
-            .map_err(|e| format!("encode {key:?}: {e}"))?;
-        let len = (buf.len() - 4) as i32;
-        buf[..4].copy_from_slice(&len.to_be_bytes());
-        let addr = &self.addr;
-        self.stream
-            .write_all(&buf)
-            .map_err(|e| format!("send {key:?} to {addr}: {e}"))?;
-        let mut len = [0u8; 4];
-        self.stream
-            .read_exact(&mut len)
-            .map_err(|e| format!("read {key:?} answer from {addr}: {e}"))?;
-        let len = i32::from_be_bytes(len);
-        if len < 0 || len as usize > MAX_FRAME {
-            return Err(format!(
-                "{addr} answered {key:?} with a frame of {len} bytes (limit {MAX_FRAME})"
-            ));
-        }
-        let mut body = vec![0u8; len as usize];
-        self.stream
-            .read_exact(&mut body)
-            .map_err(|e| format!("read {key:?} answer from {addr}: {e}"))?;
-        let mut body = Bytes::from(body);
-        let h = ResponseHeader::decode(&mut body, key.response_header_version(version))
-            .map_err(|e| format!("decode {key:?} answer header from {addr}: {e}"))?;
-        if h.correlation_id != self.correlation {
-            return Err(format!(
-                "{addr} answered request {} with correlation id {}",
-                self.correlation, h.correlation_id
-            ));
-        }
-        Resp::decode(&mut body, version).map_err(|e| format!("decode {key:?} from {addr}: {e}"))
+        unlost_wire::call(
+            &mut self.stream,
+            key,
+            version,
+            self.correlation,
+            "unlost",
+            req,
+        )
+        .map_err(|e| format!("{key:?} to {}: {e}", self.addr))
     }
 }
 
