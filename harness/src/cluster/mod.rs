@@ -2,26 +2,27 @@
 //!
 //! Input: the plan's cluster spec and the run dir. Output: running nodes
 //! (`host:port` each), process-level fault verbs in inverse pairs
-//! (kill/restart, pause/resume) and a clean restart. A restart is the same
-//! call as the first start, on the same data dir. Nodes log to
-//! `nodes/<id>.log`; data lives in `nodes/<id>/data`.
+//! (kill/restart, pause/resume), a clean restart and storage faults. A
+//! restart is the same call as the first start, on the same data dir.
+//! Nodes log to `nodes/<id>.log`; data lives in `nodes/<id>/data`. Where
+//! a node runs is its `Placement` (today: local hosts in the sandbox).
+
+pub mod error;
+pub mod placement;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use crate::driver::Driver;
-pub mod error;
-
 pub use crate::driver::NodeRecipe;
 use crate::error::Error;
 use crate::plan::{ClusterSpec, Readiness};
-use crate::sandbox::spawn;
 pub use error::{ClusterError, ClusterErrorKind};
+pub use placement::{LocalHosts, Placement};
 
 /// Whether a node process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,12 +41,7 @@ pub struct Node {
     pub peer_port: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
-    child: Option<Child>,
     pub state: NodeState,
-    /// The node's own network namespace (None: the harness's loopback).
-    netns: Option<crate::sandbox::Host>,
-    /// The lazy filesystem over the data dir (storage.lazyfs).
-    lazyfs: Option<crate::lazyfs::LazyFsMount>,
 }
 
 impl Node {
@@ -53,79 +49,49 @@ impl Node {
     pub fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
-
-    fn pgid(&self) -> Option<Pid> {
-        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
-    }
 }
 
 /// The running cluster.
 pub struct Cluster {
     pub nodes: Vec<Node>,
     recipe: NodeRecipe,
-}
-
-fn free_port(host: &str) -> Result<u16, ClusterError> {
-    std::net::TcpListener::bind((host, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| ClusterError {
-            node: None,
-            kind: ClusterErrorKind::Port(e),
-        })
+    placement: Box<dyn Placement>,
 }
 
 impl Cluster {
-    /// Starts every node and waits until each is ready.
+    /// Starts every node on this machine and waits until each is ready.
     pub fn start(spec: &ClusterSpec, lazyfs: bool, run_dir: &Path) -> Result<Cluster, Error> {
+        Cluster::start_on(Box::<LocalHosts>::default(), spec, lazyfs, run_dir)
+    }
+
+    /// Starts every node where `placement` puts it and waits until each
+    /// is ready.
+    pub fn start_on(
+        mut placement: Box<dyn Placement>,
+        spec: &ClusterSpec,
+        lazyfs: bool,
+        run_dir: &Path,
+    ) -> Result<Cluster, Error> {
         let recipe = crate::driver::recipe(spec)?;
         let nodes_dir = run_dir.join("nodes");
         let mut nodes = Vec::new();
         for id in 1..=spec.nodes {
-            // In the sandbox each node is a host of its own; otherwise
-            // (library use without `sandbox::enter`) nodes share loopback.
-            let (host, port, peer_port, netns) = if crate::sandbox::entered() {
-                let h = crate::sandbox::add_host(id)?;
-                (h.addr.clone(), 9092, 9093, Some(h))
-            } else {
-                let port = free_port("127.0.0.1")?;
-                let mut peer = free_port("127.0.0.1")?;
-                while peer == port {
-                    peer = free_port("127.0.0.1")?;
-                }
-                ("127.0.0.1".to_string(), port, peer, None)
-            };
-            let data_dir = nodes_dir.join(id.to_string()).join("data");
-            std::fs::create_dir_all(&data_dir)
-                .map_err(|e| ClusterError::io(id, "create", &data_dir, e))?;
-            let log = nodes_dir.join(format!("{id}.log"));
-            let lazyfs = if lazyfs {
-                let backing = nodes_dir.join(id.to_string()).join("backing");
-                std::fs::create_dir_all(&backing)
-                    .map_err(|e| ClusterError::io(id, "create", &backing, e))?;
-                Some(
-                    crate::lazyfs::mount(&backing, &data_dir).map_err(|e| Error::Capability {
-                        what: "a FUSE mount for storage.lazyfs".into(),
-                        hint: e,
-                    })?,
-                )
-            } else {
-                None
-            };
+            let at = placement.add(id, &nodes_dir.join(id.to_string()), lazyfs)?;
             nodes.push(Node {
-                lazyfs,
                 id,
-                host,
-                port,
-                peer_port,
-                data_dir,
-                log,
-                child: None,
+                host: at.host,
+                port: at.port,
+                peer_port: at.peer_port,
+                data_dir: at.data_dir,
+                log: nodes_dir.join(format!("{id}.log")),
                 state: NodeState::Down,
-                netns,
             });
         }
-        let mut cluster = Cluster { nodes, recipe };
+        let mut cluster = Cluster {
+            nodes,
+            recipe,
+            placement,
+        };
         for id in 1..=spec.nodes {
             cluster.launch(id)?;
         }
@@ -217,23 +183,8 @@ impl Cluster {
     /// Starts node `id` (first start and restart alike).
     fn launch(&mut self, id: u32) -> Result<(), ClusterError> {
         let cmd = self.command_for(id)?;
-        let program = format!("{:?}", cmd.get_program());
-        let ns = match &self.node(id)?.netns {
-            Some(h) => spawn::Namespace::Join(crate::sandbox::netns_fd(h)),
-            None => spawn::Namespace::Inherit,
-        };
-        let child = spawn::spawn_in(cmd, ns).map_err(|e| {
-            ClusterError::node(
-                id,
-                ClusterErrorKind::Start {
-                    program: program.clone(),
-                    reason: e.to_string(),
-                },
-            )
-        })?;
-        let n = self.node(id)?;
-        n.child = Some(child);
-        n.state = NodeState::Running;
+        self.placement.start(id, cmd)?;
+        self.node(id)?.state = NodeState::Running;
         Ok(())
     }
 
@@ -247,19 +198,19 @@ impl Cluster {
         let timeout = self.recipe.ready_timeout;
         let deadline = Instant::now() + timeout;
         loop {
-            let n = self.node(id)?;
-            if let Some(Ok(Some(status))) = n.child.as_mut().map(|c| c.try_wait()) {
+            if let Some(status) = self.placement.exited(id) {
+                let n = self.node(id)?;
                 n.state = NodeState::Down;
                 return Err(ClusterError::node(
                     id,
                     ClusterErrorKind::ExitedDuringStart {
-                        status: status.to_string(),
+                        status,
                         tail: tail(&n.log, 15),
                         log: n.log.clone(),
                     },
                 ));
             }
-            if crate::driver::ready(ready, &n.addr(), id) {
+            if crate::driver::ready(ready, &self.node(id)?.addr(), id) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -278,22 +229,16 @@ impl Cluster {
     }
 
     fn signal(&mut self, id: u32, sig: Signal) -> Result<(), ClusterError> {
-        let n = self.node(id)?;
-        if let Some(pgid) = n.pgid() {
-            // ESRCH: the group is already gone, which is what was wanted.
-            let _ = killpg(pgid, sig);
-        }
+        self.node(id)?;
+        self.placement.signal(id, sig);
         Ok(())
     }
 
     /// SIGKILL the node's process group and reap it.
     pub fn kill(&mut self, id: u32) -> Result<(), ClusterError> {
         self.signal(id, Signal::SIGKILL)?;
-        let n = self.node(id)?;
-        if let Some(mut c) = n.child.take() {
-            let _ = c.wait();
-        }
-        n.state = NodeState::Down;
+        self.placement.reap(id);
+        self.node(id)?.state = NodeState::Down;
         Ok(())
     }
 
@@ -331,21 +276,13 @@ impl Cluster {
         self.resume(id)?;
         self.signal(id, Signal::SIGTERM)?;
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let n = self.node(id)?;
-            match n.child.as_mut().map(|c| c.try_wait()) {
-                Some(Ok(None)) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Some(Ok(None)) => {
-                    self.kill(id)?;
-                    break;
-                }
-                _ => {
-                    n.child = None;
-                    n.state = NodeState::Down;
-                    break;
-                }
+        while self.node(id)?.state != NodeState::Down {
+            if self.placement.exited(id).is_some() {
+                self.node(id)?.state = NodeState::Down;
+            } else if Instant::now() >= deadline {
+                self.kill(id)?;
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
         self.restart(id)
@@ -371,10 +308,8 @@ impl Cluster {
         for id in ids {
             self.resume(id)?;
             // A node that died on its own is restarted too.
-            let n = self.node(id)?;
-            if let Some(Ok(Some(_))) = n.child.as_mut().map(|c| c.try_wait()) {
-                n.child = None;
-                n.state = NodeState::Down;
+            if self.placement.exited(id).is_some() {
+                self.node(id)?.state = NodeState::Down;
             }
             if let Some(why) = self.restart_or_report(id)? {
                 down.push(why);
@@ -402,17 +337,7 @@ impl Cluster {
         for id in ids {
             let _ = self.kill(id);
         }
-        for n in &mut self.nodes {
-            n.lazyfs = None;
-        }
-    }
-
-    fn lazyfs(&mut self, id: u32) -> Result<crate::lazyfs::LazyFsControl, ClusterError> {
-        self.node(id)?
-            .lazyfs
-            .as_ref()
-            .map(|m| m.control.clone())
-            .ok_or_else(|| ClusterError::node(id, ClusterErrorKind::NoLazyFs))
+        self.placement.release();
     }
 
     /// Power failure of one node: SIGKILL, then every unsynced write is
@@ -424,21 +349,13 @@ impl Cluster {
         torn: Option<&mut dyn FnMut(usize) -> usize>,
     ) -> Result<u64, ClusterError> {
         self.kill(id)?;
-        let lost = self
-            .lazyfs(id)?
-            .power_loss(torn)
-            .map_err(|e| ClusterError::node(id, ClusterErrorKind::LazyFs(e)))?;
-        Ok(lost.bytes_lost)
+        self.placement.drop_unsynced(id, torn)
     }
 
     /// Makes the node's disk fail writes and fsyncs with EIO (None: heal).
     pub fn disk_error(&mut self, id: u32, on: bool) -> Result<(), ClusterError> {
-        let e = on.then_some(crate::lazyfs::DiskError {
-            writes: true,
-            fsyncs: true,
-        });
-        self.lazyfs(id)?.set_disk_error(e);
-        Ok(())
+        self.node(id)?;
+        self.placement.disk_errors(id, on)
     }
 
     /// Stops the node, damages its newest segment file (`*.log` if any,
@@ -451,67 +368,15 @@ impl Cluster {
         pick: &mut dyn FnMut(u64) -> u64,
     ) -> Result<String, ClusterError> {
         self.kill(id)?;
-        let dir = self.node(id)?.data_dir.clone();
-        let file = newest_file(&dir)
-            .ok_or_else(|| ClusterError::node(id, ClusterErrorKind::NoDataFile(dir.clone())))?;
-        let len = std::fs::metadata(&file)
-            .map_err(|e| ClusterError::io(id, "stat", &file, e))?
-            .len();
-        let done = if len == 0 {
-            format!("{} is empty: nothing to damage", file.display())
-        } else if truncate {
-            let cut = 1 + pick(len.min(4096));
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&file)
-                .map_err(|e| ClusterError::io(id, "open", &file, e))?;
-            f.set_len(len - cut)
-                .and_then(|_| f.sync_all())
-                .map_err(|e| ClusterError::io(id, "truncate", &file, e))?;
-            format!("cut {cut} bytes from the end of {}", file.display())
-        } else {
-            use std::os::unix::fs::FileExt;
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&file)
-                .map_err(|e| ClusterError::io(id, "open", &file, e))?;
-            let window = len.min(65536);
-            let mut flipped = Vec::new();
-            for _ in 0..8 {
-                let at = len - window + pick(window);
-                let mut b = [0u8; 1];
-                f.read_exact_at(&mut b, at)
-                    .map_err(|e| ClusterError::io(id, "read", &file, e))?;
-                b[0] ^= 1 << pick(8);
-                f.write_all_at(&b, at)
-                    .map_err(|e| ClusterError::io(id, "write", &file, e))?;
-                flipped.push(at);
-            }
-            f.sync_all()
-                .map_err(|e| ClusterError::io(id, "fsync", &file, e))?;
-            format!("flipped bits at bytes {flipped:?} of {}", file.display())
-        };
+        let done = self.placement.damage(id, truncate, pick)?;
         self.restart(id)?;
         Ok(done)
     }
 
-    /// Starts `cmd` inside node `id`'s network namespace (tests, probes).
+    /// Starts `cmd` on node `id`'s host (tests, probes).
     pub fn spawn_in_node(&mut self, id: u32, cmd: Command) -> Result<Child, ClusterError> {
-        let cmd_program = cmd.get_program().to_os_string();
-        let ns = match &self.node(id)?.netns {
-            Some(h) => spawn::Namespace::Join(crate::sandbox::netns_fd(h)),
-            None => spawn::Namespace::Inherit,
-        };
-        spawn::spawn_in(cmd, ns).map_err(|e| {
-            ClusterError::node(
-                id,
-                ClusterErrorKind::Start {
-                    program: format!("{:?}", cmd_program),
-                    reason: e.to_string(),
-                },
-            )
-        })
+        self.node(id)?;
+        self.placement.spawn_on(id, cmd)
     }
 
     /// Node ids.
@@ -524,28 +389,6 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// The newest `*.log` file under `dir` (or the newest file when none).
-fn newest_file(dir: &Path) -> Option<PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).ok()?.flatten() {
-            let p = e.path();
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(p),
-                Ok(m) if m.is_file() => files.push((
-                    p.extension().is_some_and(|x| x == "log"),
-                    m.modified().ok(),
-                    p,
-                )),
-                _ => {}
-            }
-        }
-    }
-    files.sort();
-    files.pop().map(|(_, _, p)| p)
 }
 
 fn tail(path: &Path, lines: usize) -> String {

@@ -67,6 +67,8 @@ pub struct Nemesis {
     next_id: u32,
     active: Vec<Active>,
     pub shown: ActiveFaults,
+    /// Where partitions and packet loss are applied.
+    links: Arc<dyn network::Links>,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -93,7 +95,15 @@ impl Nemesis {
             next_id: 0,
             active: Vec::new(),
             shown: Arc::new(Mutex::new(Vec::new())),
+            links: Arc::new(network::LocalNft),
         }
+    }
+
+    /// Applies network faults through `links` instead of local nft rules
+    /// (the network half of a node placement other than local hosts).
+    pub fn with_links(mut self, links: Arc<dyn network::Links>) -> Self {
+        self.links = links;
+        self
     }
 
     /// Runs the timeline from `start` until `end`, applying inverses as they fall due.
@@ -365,7 +375,8 @@ impl Nemesis {
                 line: Some(p.line),
             },
         );
-        blocking(move || network::apply(id, &cut)).await?;
+        let links = self.links.clone();
+        blocking(move || links.cut(id, &cut)).await?;
         let until = p.hold.map(|h| Instant::now() + h);
         self.active.push(Active {
             id,
@@ -393,7 +404,8 @@ impl Nemesis {
             FaultKind::Partition { .. } | FaultKind::PacketLoss { .. }
         ) {
             let id = a.id;
-            blocking(move || network::heal(id)).await?;
+            let links = self.links.clone();
+            blocking(move || links.heal(id)).await?;
         }
         let down = blocking(move || -> Result<Vec<String>, Error> {
             let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());

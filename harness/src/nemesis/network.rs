@@ -262,6 +262,32 @@ fn nft(stdin: Option<&str>, args: &[&str]) -> Result<(), NemesisError> {
     Ok(())
 }
 
+/// The network half of node placement (`cluster::Placement`): cutting
+/// and healing the links between nodes, and between nodes and clients.
+/// Where nodes run on other machines, this is where iptables over SSH or
+/// Chaos Mesh's NetworkChaos plug in (docs/scale-out.md).
+pub trait Links: Send + Sync {
+    /// Drops what `cut` says, as fault `fault`. Blocking.
+    fn cut(&self, fault: u32, cut: &Cut) -> Result<(), NemesisError>;
+    /// Removes fault `fault`'s drops (all of them, nothing else). Blocking.
+    fn heal(&self, fault: u32) -> Result<(), NemesisError>;
+}
+
+/// nftables rules in the sandbox's switch namespace (the only `Links`
+/// today): one table per fault, so healing one never touches another.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalNft;
+
+impl Links for LocalNft {
+    fn cut(&self, fault: u32, cut: &Cut) -> Result<(), NemesisError> {
+        apply(fault, cut)
+    }
+
+    fn heal(&self, fault: u32) -> Result<(), NemesisError> {
+        heal(fault)
+    }
+}
+
 /// Installs fault `id`'s rules.
 pub fn apply(id: u32, c: &Cut) -> Result<(), NemesisError> {
     nft(Some(&script(id, c)), &["-f", "-"])

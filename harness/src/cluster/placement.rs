@@ -1,0 +1,353 @@
+//! Node placement: where a node's process runs, and how the harness
+//! starts, signals and reaps it and damages its storage. This is the seam
+//! where nodes on other machines would plug in (docs/scale-out.md): SSH
+//! hosts (Jepsen's model) or Kubernetes pods with Chaos Mesh faults
+//! (PodChaos for signals, IOChaos for storage). The network half of the
+//! seam is `nemesis::network::Links`.
+//!
+//! Today's only implementation, [`LocalHosts`], runs every node on this
+//! machine: in the sandbox each node is a network namespace of its own
+//! (10.77.i.2); without it (library use) nodes share loopback.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use super::{ClusterError, ClusterErrorKind};
+use crate::error::Error;
+use crate::sandbox::spawn;
+
+/// Where a node listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    /// The client port.
+    pub port: u16,
+    /// The port for traffic between nodes.
+    pub peer_port: u16,
+    /// The node's data dir, as its process sees it.
+    pub data_dir: PathBuf,
+}
+
+/// Where nodes run. Calls block; errors name the node.
+pub trait Placement: Send {
+    /// Makes node `id`'s host, with its data dir under `node_dir` (on a
+    /// lazy filesystem when `lazyfs`). Called once per node, before any
+    /// start.
+    fn add(&mut self, id: u32, node_dir: &Path, lazyfs: bool) -> Result<Endpoint, Error>;
+
+    /// Starts `cmd` as node `id`'s process, in a process group of its own
+    /// that dies with the harness (first start and restart alike).
+    fn start(&mut self, id: u32, cmd: Command) -> Result<(), ClusterError>;
+
+    /// Sends `sig` to node `id`'s process group; nothing when none runs.
+    fn signal(&mut self, id: u32, sig: Signal);
+
+    /// Whether node `id`'s process has exited, with its status (it is
+    /// reaped then).
+    fn exited(&mut self, id: u32) -> Option<String>;
+
+    /// Waits until node `id`'s process is gone (after SIGKILL).
+    fn reap(&mut self, id: u32);
+
+    /// Starts a helper process on node `id`'s host (probes, tests).
+    fn spawn_on(&mut self, id: u32, cmd: Command) -> Result<Child, ClusterError>;
+
+    /// Power failure of node `id`'s storage (its process is already
+    /// killed): every write not synced is lost; `torn(len)` picks how much
+    /// of each file's last write survives. Returns the bytes lost.
+    fn drop_unsynced(
+        &mut self,
+        id: u32,
+        torn: Option<&mut dyn FnMut(usize) -> usize>,
+    ) -> Result<u64, ClusterError>;
+
+    /// Makes node `id`'s disk fail writes and fsyncs with EIO (or heals it).
+    fn disk_errors(&mut self, id: u32, on: bool) -> Result<(), ClusterError>;
+
+    /// Damages node `id`'s newest segment file (its process is stopped):
+    /// cut its end or flip bits; `pick(n)` draws below n. Says what it did.
+    fn damage(
+        &mut self,
+        id: u32,
+        truncate: bool,
+        pick: &mut dyn FnMut(u64) -> u64,
+    ) -> Result<String, ClusterError>;
+
+    /// Tears down what `add` made (mounts, hosts); processes must be gone.
+    fn release(&mut self);
+}
+
+/// One node on this machine.
+struct LocalNode {
+    data_dir: PathBuf,
+    child: Option<Child>,
+    /// The node's own network namespace (None: the harness's loopback).
+    netns: Option<crate::sandbox::Host>,
+    /// The lazy filesystem over the data dir (storage.lazyfs).
+    lazyfs: Option<crate::lazyfs::LazyFsMount>,
+}
+
+/// Every node on this machine (the only placement today).
+#[derive(Default)]
+pub struct LocalHosts {
+    nodes: BTreeMap<u32, LocalNode>,
+}
+
+fn free_port(host: &str) -> Result<u16, ClusterError> {
+    std::net::TcpListener::bind((host, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| ClusterError {
+            node: None,
+            kind: ClusterErrorKind::Port(e),
+        })
+}
+
+impl LocalHosts {
+    fn node(&mut self, id: u32) -> Result<&mut LocalNode, ClusterError> {
+        self.nodes
+            .get_mut(&id)
+            .ok_or_else(|| ClusterError::node(id, ClusterErrorKind::NoNode))
+    }
+
+    fn namespace(&mut self, id: u32) -> Result<spawn::Namespace, ClusterError> {
+        Ok(match &self.node(id)?.netns {
+            Some(h) => spawn::Namespace::Join(crate::sandbox::netns_fd(h)),
+            None => spawn::Namespace::Inherit,
+        })
+    }
+
+    fn lazyfs(&mut self, id: u32) -> Result<crate::lazyfs::LazyFsControl, ClusterError> {
+        self.node(id)?
+            .lazyfs
+            .as_ref()
+            .map(|m| m.control.clone())
+            .ok_or_else(|| ClusterError::node(id, ClusterErrorKind::NoLazyFs))
+    }
+}
+
+impl Placement for LocalHosts {
+    fn add(&mut self, id: u32, node_dir: &Path, lazyfs: bool) -> Result<Endpoint, Error> {
+        // In the sandbox each node is a host of its own; otherwise
+        // (library use without `sandbox::enter`) nodes share loopback.
+        let (host, port, peer_port, netns) = if crate::sandbox::entered() {
+            let h = crate::sandbox::add_host(id)?;
+            (h.addr.clone(), 9092, 9093, Some(h))
+        } else {
+            let port = free_port("127.0.0.1")?;
+            let mut peer = free_port("127.0.0.1")?;
+            while peer == port {
+                peer = free_port("127.0.0.1")?;
+            }
+            ("127.0.0.1".to_string(), port, peer, None)
+        };
+        let data_dir = node_dir.join("data");
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| ClusterError::io(id, "create", &data_dir, e))?;
+        let lazyfs = if lazyfs {
+            let backing = node_dir.join("backing");
+            std::fs::create_dir_all(&backing)
+                .map_err(|e| ClusterError::io(id, "create", &backing, e))?;
+            Some(
+                crate::lazyfs::mount(&backing, &data_dir).map_err(|e| Error::Capability {
+                    what: "a FUSE mount for storage.lazyfs".into(),
+                    hint: e,
+                })?,
+            )
+        } else {
+            None
+        };
+        self.nodes.insert(
+            id,
+            LocalNode {
+                data_dir: data_dir.clone(),
+                child: None,
+                netns,
+                lazyfs,
+            },
+        );
+        Ok(Endpoint {
+            host,
+            port,
+            peer_port,
+            data_dir,
+        })
+    }
+
+    fn start(&mut self, id: u32, cmd: Command) -> Result<(), ClusterError> {
+        let program = format!("{:?}", cmd.get_program());
+        let ns = self.namespace(id)?;
+        let child = spawn::spawn_in(cmd, ns).map_err(|e| {
+            ClusterError::node(
+                id,
+                ClusterErrorKind::Start {
+                    program,
+                    reason: e.to_string(),
+                },
+            )
+        })?;
+        self.node(id)?.child = Some(child);
+        Ok(())
+    }
+
+    fn signal(&mut self, id: u32, sig: Signal) {
+        let pgid = self
+            .nodes
+            .get(&id)
+            .and_then(|n| n.child.as_ref())
+            .map(|c| Pid::from_raw(c.id() as i32));
+        if let Some(pgid) = pgid {
+            // ESRCH: the group is already gone, which is what was wanted.
+            let _ = killpg(pgid, sig);
+        }
+    }
+
+    fn exited(&mut self, id: u32) -> Option<String> {
+        let n = self.nodes.get_mut(&id)?;
+        match n.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => {
+                n.child = None;
+                Some(status.to_string())
+            }
+            _ => None,
+        }
+    }
+
+    fn reap(&mut self, id: u32) {
+        if let Some(mut c) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            let _ = c.wait();
+        }
+    }
+
+    fn spawn_on(&mut self, id: u32, cmd: Command) -> Result<Child, ClusterError> {
+        let program = format!("{:?}", cmd.get_program());
+        let ns = self.namespace(id)?;
+        spawn::spawn_in(cmd, ns).map_err(|e| {
+            ClusterError::node(
+                id,
+                ClusterErrorKind::Start {
+                    program,
+                    reason: e.to_string(),
+                },
+            )
+        })
+    }
+
+    fn drop_unsynced(
+        &mut self,
+        id: u32,
+        torn: Option<&mut dyn FnMut(usize) -> usize>,
+    ) -> Result<u64, ClusterError> {
+        let lost = self
+            .lazyfs(id)?
+            .power_loss(torn)
+            .map_err(|e| ClusterError::node(id, ClusterErrorKind::LazyFs(e)))?;
+        Ok(lost.bytes_lost)
+    }
+
+    fn disk_errors(&mut self, id: u32, on: bool) -> Result<(), ClusterError> {
+        let e = on.then_some(crate::lazyfs::DiskError {
+            writes: true,
+            fsyncs: true,
+        });
+        self.lazyfs(id)?.set_disk_error(e);
+        Ok(())
+    }
+
+    fn damage(
+        &mut self,
+        id: u32,
+        truncate: bool,
+        pick: &mut dyn FnMut(u64) -> u64,
+    ) -> Result<String, ClusterError> {
+        let dir = self.node(id)?.data_dir.clone();
+        damage_newest(id, &dir, truncate, pick)
+    }
+
+    fn release(&mut self) {
+        for n in self.nodes.values_mut() {
+            n.lazyfs = None;
+        }
+    }
+}
+
+/// Cuts the end of, or flips bits in, the newest data file under `dir`.
+fn damage_newest(
+    id: u32,
+    dir: &Path,
+    truncate: bool,
+    pick: &mut dyn FnMut(u64) -> u64,
+) -> Result<String, ClusterError> {
+    let file = newest_file(dir)
+        .ok_or_else(|| ClusterError::node(id, ClusterErrorKind::NoDataFile(dir.to_path_buf())))?;
+    let len = std::fs::metadata(&file)
+        .map_err(|e| ClusterError::io(id, "stat", &file, e))?
+        .len();
+    if len == 0 {
+        return Ok(format!("{} is empty: nothing to damage", file.display()));
+    }
+    if truncate {
+        let cut = 1 + pick(len.min(4096));
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .map_err(|e| ClusterError::io(id, "open", &file, e))?;
+        f.set_len(len - cut)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| ClusterError::io(id, "truncate", &file, e))?;
+        return Ok(format!(
+            "cut {cut} bytes from the end of {}",
+            file.display()
+        ));
+    }
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file)
+        .map_err(|e| ClusterError::io(id, "open", &file, e))?;
+    let window = len.min(65536);
+    let mut flipped = Vec::new();
+    for _ in 0..8 {
+        let at = len - window + pick(window);
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at)
+            .map_err(|e| ClusterError::io(id, "read", &file, e))?;
+        b[0] ^= 1 << pick(8);
+        f.write_all_at(&b, at)
+            .map_err(|e| ClusterError::io(id, "write", &file, e))?;
+        flipped.push(at);
+    }
+    f.sync_all()
+        .map_err(|e| ClusterError::io(id, "fsync", &file, e))?;
+    Ok(format!(
+        "flipped bits at bytes {flipped:?} of {}",
+        file.display()
+    ))
+}
+
+/// The newest `*.log` file under `dir` (or the newest file when none).
+fn newest_file(dir: &Path) -> Option<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let p = e.path();
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(p),
+                Ok(m) if m.is_file() => files.push((
+                    p.extension().is_some_and(|x| x == "log"),
+                    m.modified().ok(),
+                    p,
+                )),
+                _ => {}
+            }
+        }
+    }
+    files.sort();
+    files.pop().map(|(_, _, p)| p)
+}
