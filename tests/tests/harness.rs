@@ -574,14 +574,13 @@ fn a_kill_that_outlasts_the_run_is_healed_before_consumers_stop() {
     );
 }
 
-/// Driver conformance: the same scenario (start 3 nodes, create the topic
-/// or stream, produce, consume as a group, kill the leader, heal, drain)
-/// through the
-/// Kafka driver on the builtin broker and the NATS driver on nats-server;
-/// both must find the leader through their own protocol, record every
-/// attempt and lose nothing.
+/// One plan, both brokers, end to end through `unlost run` (the driver
+/// calls one by one are in tests/conformance.rs): start 3 nodes, create
+/// the topic or stream, produce, consume as a group, kill the leader,
+/// heal, drain; both drivers must find the leader through their own
+/// protocol, record every attempt and lose nothing.
 #[test]
-fn drivers_conform_on_the_same_leader_kill_scenario() {
+fn both_drivers_run_the_same_leader_kill_plan() {
     for broker in ["builtin", "nats"] {
         let (o, dir, r, _out) = run_inline(&format!(
             "name: conform-{broker}\nduration: 12s\ncluster: {{ broker: {broker}, nodes: 3 }}\ntopic: {{ partitions: 1, replication_factor: 3 }}\nproducers: {{ count: 2, rate: 300/s, retries: 2, timeout: 2s }}\nconsumers: {{ count: 2, group: g, commit: after-process }}\nfaults:\n  - {{ every: 5s, start: 2s, for: 2s, kill: leader }}\nexpect: {{ lost: 0, duplicated: any, recovered: any, redelivered: any }}\n"

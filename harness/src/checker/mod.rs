@@ -4,6 +4,16 @@
 //! One streaming pass folds the history into `Facts` (memory proportional
 //! to the distinct messages); then each property, one file each, derives
 //! its anomalies from the facts.
+//!
+//! The model every driver maps onto: a message is a unique value, acked
+//! (or delivered, or drained) at a place (partition, position), where
+//! positions grow within a partition. `lost`, `unexpected`, `duplicated`,
+//! `recovered` and `redelivered` need only values; `skipped`, `reordered`,
+//! `inconsistent-offset` and `nonmonotonic-poll` need positions. A broker
+//! without positions (a queue) would report deliveries and
+//! acknowledgements by value only; for it the position properties are "not
+//! applicable", reported as such rather than as 0 (the queue model comes
+//! with the first queue driver; see `driver` and docs/adding-a-broker.md).
 
 pub mod dense;
 pub mod duplicated;
