@@ -4,19 +4,7 @@
 
 use crate::plan::PlanError;
 
-/// Exit codes, as documented.
-pub mod exit {
-    /// Expectations met.
-    pub const MET: i32 = 0;
-    /// Expectations not met (or not decidable).
-    pub const NOT_MET: i32 = 1;
-    /// Bad plan or usage.
-    pub const USAGE: i32 = 2;
-    /// The machine lacks a capability the plan needs.
-    pub const CAPABILITY: i32 = 3;
-    /// The harness itself failed.
-    pub const HARNESS: i32 = 4;
-}
+pub use crate::exit;
 
 /// Why a command could not do its job.
 #[derive(Debug, thiserror::Error)]

@@ -17,6 +17,7 @@ pub mod draw;
 pub mod driver;
 pub mod error;
 pub mod events;
+pub mod exit;
 pub mod history;
 pub mod lazyfs;
 pub mod nemesis;

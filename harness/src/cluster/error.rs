@@ -44,6 +44,15 @@ pub enum ClusterErrorKind {
     NoDataFile(PathBuf),
     #[error("pick a free port: {0}")]
     Port(std::io::Error),
+    /// This machine lacks what a node needs (exit 3).
+    #[error("this machine lacks {what}: {hint}")]
+    Missing { what: String, hint: String },
+    /// The node's host could not be made.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    /// The broker's recipe could not be made.
+    #[error(transparent)]
+    Driver(#[from] crate::driver::DriverError),
 }
 
 impl std::fmt::Display for ClusterError {
@@ -51,6 +60,15 @@ impl std::fmt::Display for ClusterError {
         match self.node {
             Some(id) => write!(f, "node {id}: {}", self.kind),
             None => write!(f, "{}", self.kind),
+        }
+    }
+}
+
+impl<E: Into<ClusterErrorKind>> From<E> for ClusterError {
+    fn from(e: E) -> Self {
+        ClusterError {
+            node: None,
+            kind: e.into(),
         }
     }
 }
@@ -76,8 +94,15 @@ impl ClusterError {
         )
     }
 
-    /// The process exit code: the harness could not run the cluster (4).
+    /// The process exit code: 3 for what the machine lacks, the stage's
+    /// own code for sandbox and driver errors, else 4 (the harness could
+    /// not run the cluster).
     pub fn exit_code(&self) -> i32 {
-        crate::error::exit::HARNESS
+        match &self.kind {
+            ClusterErrorKind::Missing { .. } => crate::exit::CAPABILITY,
+            ClusterErrorKind::Sandbox(e) => e.exit_code(),
+            ClusterErrorKind::Driver(e) => e.exit_code(),
+            _ => crate::exit::HARNESS,
+        }
     }
 }

@@ -19,7 +19,6 @@ use nix::sys::signal::Signal;
 
 use crate::driver::Driver;
 pub use crate::driver::NodeRecipe;
-use crate::error::Error;
 use crate::plan::{ClusterSpec, Readiness};
 pub use error::{ClusterError, ClusterErrorKind};
 pub use placement::{LocalHosts, Placement};
@@ -60,7 +59,11 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts every node on this machine and waits until each is ready.
-    pub fn start(spec: &ClusterSpec, lazyfs: bool, run_dir: &Path) -> Result<Cluster, Error> {
+    pub fn start(
+        spec: &ClusterSpec,
+        lazyfs: bool,
+        run_dir: &Path,
+    ) -> Result<Cluster, ClusterError> {
         Cluster::start_on(Box::<LocalHosts>::default(), spec, lazyfs, run_dir)
     }
 
@@ -71,7 +74,7 @@ impl Cluster {
         spec: &ClusterSpec,
         lazyfs: bool,
         run_dir: &Path,
-    ) -> Result<Cluster, Error> {
+    ) -> Result<Cluster, ClusterError> {
         let recipe = crate::driver::recipe(spec)?;
         let nodes_dir = run_dir.join("nodes");
         let mut nodes = Vec::new();

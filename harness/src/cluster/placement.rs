@@ -17,7 +17,6 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 use super::{ClusterError, ClusterErrorKind};
-use crate::error::Error;
 use crate::sandbox::spawn;
 
 /// Where a node listens.
@@ -37,7 +36,7 @@ pub trait Placement: Send {
     /// Makes node `id`'s host, with its data dir under `node_dir` (on a
     /// lazy filesystem when `lazyfs`). Called once per node, before any
     /// start.
-    fn add(&mut self, id: u32, node_dir: &Path, lazyfs: bool) -> Result<Endpoint, Error>;
+    fn add(&mut self, id: u32, node_dir: &Path, lazyfs: bool) -> Result<Endpoint, ClusterError>;
 
     /// Starts `cmd` as node `id`'s process, in a process group of its own
     /// that dies with the harness (first start and restart alike).
@@ -131,11 +130,11 @@ impl LocalHosts {
 }
 
 impl Placement for LocalHosts {
-    fn add(&mut self, id: u32, node_dir: &Path, lazyfs: bool) -> Result<Endpoint, Error> {
+    fn add(&mut self, id: u32, node_dir: &Path, lazyfs: bool) -> Result<Endpoint, ClusterError> {
         // In the sandbox each node is a host of its own; otherwise
         // (library use without `sandbox::enter`) nodes share loopback.
         let (host, port, peer_port, netns) = if crate::sandbox::entered() {
-            let h = crate::sandbox::add_host(id)?;
+            let h = crate::sandbox::add_host(id).map_err(|e| ClusterError::node(id, e.into()))?;
             (h.addr.clone(), 9092, 9093, Some(h))
         } else {
             let port = free_port("127.0.0.1")?;
@@ -152,12 +151,15 @@ impl Placement for LocalHosts {
             let backing = node_dir.join("backing");
             std::fs::create_dir_all(&backing)
                 .map_err(|e| ClusterError::io(id, "create", &backing, e))?;
-            Some(
-                crate::lazyfs::mount(&backing, &data_dir).map_err(|e| Error::Capability {
-                    what: "a FUSE mount for storage.lazyfs".into(),
-                    hint: e,
-                })?,
-            )
+            Some(crate::lazyfs::mount(&backing, &data_dir).map_err(|e| {
+                ClusterError::node(
+                    id,
+                    ClusterErrorKind::Missing {
+                        what: "a FUSE mount for storage.lazyfs".into(),
+                        hint: e,
+                    },
+                )
+            })?)
         } else {
             None
         };

@@ -38,7 +38,6 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::error::Error;
 use crate::history::History;
 use crate::plan::{BrokerKind, ClusterSpec, ConsumerSpec, ProducerSpec, Readiness, TopicSpec};
 
@@ -56,6 +55,12 @@ pub enum DriverError {
     /// No answer within the call's timeout.
     #[error("{what}: no answer within {after:?}")]
     Timeout { what: String, after: Duration },
+    /// This machine lacks what the recipe runs (exit 3).
+    #[error("this machine lacks {what}: {hint}")]
+    Missing { what: String, hint: String },
+    /// The plan's recipe cannot be used (exit 2).
+    #[error("{0}")]
+    Recipe(String),
 }
 
 impl DriverError {
@@ -70,9 +75,14 @@ impl DriverError {
 
 impl DriverError {
     /// The process exit code when a driver error ends a run: the harness
-    /// could not talk to the cluster (4).
+    /// could not talk to the cluster (4), a program is missing (3), the
+    /// recipe is unusable (2).
     pub fn exit_code(&self) -> i32 {
-        crate::error::exit::HARNESS
+        match self {
+            DriverError::Missing { .. } => crate::exit::CAPABILITY,
+            DriverError::Recipe(_) => crate::exit::USAGE,
+            _ => crate::exit::HARNESS,
+        }
     }
 }
 
@@ -297,7 +307,7 @@ pub struct NodeRecipe {
 }
 
 /// The recipe for a plan's cluster.
-pub fn recipe(spec: &ClusterSpec) -> Result<NodeRecipe, Error> {
+pub fn recipe(spec: &ClusterSpec) -> Result<NodeRecipe, DriverError> {
     match spec.broker {
         BrokerKind::Builtin => kafka::builtin_recipe(spec),
         BrokerKind::Nats => nats::recipe(spec),
@@ -305,7 +315,7 @@ pub fn recipe(spec: &ClusterSpec) -> Result<NodeRecipe, Error> {
             let r = spec
                 .recipe
                 .as_ref()
-                .ok_or_else(|| Error::Usage("custom broker without a recipe".into()))?;
+                .ok_or_else(|| DriverError::Recipe("custom broker without a recipe".into()))?;
             Ok(NodeRecipe {
                 command: r.command.clone(),
                 config: None,

@@ -16,7 +16,6 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::draw::Draw;
-use crate::error::Error;
 use crate::history::{EventKind, History};
 use crate::plan::value::Shape;
 use crate::plan::{FaultAction, FaultKind, Target};
@@ -32,14 +31,21 @@ pub enum NemesisError {
     /// nft refused or failed (exit 4).
     #[error("nft {command}: {reason}")]
     Nft { command: String, reason: String },
+    /// A fault on a node failed (its own exit code).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    /// This machine lacks what a fault needs (exit 3).
+    #[error("this machine lacks {what}: {hint}")]
+    Missing { what: String, hint: String },
 }
 
 impl NemesisError {
     /// The process exit code.
     pub fn exit_code(&self) -> i32 {
         match self {
-            NemesisError::NoNft(_) => crate::error::exit::CAPABILITY,
-            NemesisError::Nft { .. } => crate::error::exit::HARNESS,
+            NemesisError::NoNft(_) | NemesisError::Missing { .. } => crate::exit::CAPABILITY,
+            NemesisError::Nft { .. } => crate::exit::HARNESS,
+            NemesisError::Cluster(e) => e.exit_code(),
         }
     }
 }
@@ -112,7 +118,7 @@ impl Nemesis {
         timeline: Vec<Planned>,
         start: Instant,
         end: Instant,
-    ) -> Result<(), Error> {
+    ) -> Result<(), NemesisError> {
         for p in timeline {
             let at = start + p.at;
             self.inverses_until(at).await?;
@@ -122,7 +128,7 @@ impl Nemesis {
         self.inverses_until(end).await
     }
 
-    async fn inverses_until(&mut self, t: Instant) -> Result<(), Error> {
+    async fn inverses_until(&mut self, t: Instant) -> Result<(), NemesisError> {
         loop {
             let due = self
                 .active
@@ -247,7 +253,7 @@ impl Nemesis {
         );
     }
 
-    async fn apply(&mut self, p: &Planned) -> Result<(), Error> {
+    async fn apply(&mut self, p: &Planned) -> Result<(), NemesisError> {
         self.next_id += 1;
         let id = self.next_id;
         let FaultAction {
@@ -324,7 +330,7 @@ impl Nemesis {
     }
 
     /// Partitions and packet loss: a cut installed as one nft table.
-    async fn apply_network(&mut self, id: u32, p: &Planned) -> Result<(), Error> {
+    async fn apply_network(&mut self, id: u32, p: &Planned) -> Result<(), NemesisError> {
         let kind = &p.action.kind;
         let name = kind.name();
         let all = self.all_nodes();
@@ -388,7 +394,7 @@ impl Nemesis {
         Ok(())
     }
 
-    async fn undo(&mut self, a: Active) -> Result<(), Error> {
+    async fn undo(&mut self, a: Active) -> Result<(), NemesisError> {
         let cluster = self.cluster.clone();
         let (k, ns) = (a.kind.clone(), a.nodes.clone());
         // A node hit by two overlapping faults is only brought back when the
@@ -407,7 +413,7 @@ impl Nemesis {
             let links = self.links.clone();
             blocking(move || links.heal(id)).await?;
         }
-        let down = blocking(move || -> Result<Vec<String>, Error> {
+        let down = blocking(move || -> Result<Vec<String>, NemesisError> {
             let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
             let mut down = Vec::new();
             for id in ns.into_iter().filter(|n| !still.contains(n)) {
@@ -437,7 +443,7 @@ impl Nemesis {
     }
 
     /// Ends every active fault and brings every node back.
-    pub async fn heal(&mut self) -> Result<(), Error> {
+    pub async fn heal(&mut self) -> Result<(), NemesisError> {
         let mut pending = std::mem::take(&mut self.active);
         // Resume before restarting so no node is left stopped.
         pending.sort_by_key(|a| a.kind != FaultKind::Pause);
@@ -477,9 +483,9 @@ impl Nemesis {
 
 /// sync, then drop the kernel's page cache, dentries and inodes. The
 /// kernel never drops dirty pages, so this alone cannot lose data.
-fn drop_kernel_caches() -> Result<(), Error> {
+fn drop_kernel_caches() -> Result<(), NemesisError> {
     nix::unistd::sync();
-    std::fs::write("/proc/sys/vm/drop_caches", "3").map_err(|e| Error::Capability {
+    std::fs::write("/proc/sys/vm/drop_caches", "3").map_err(|e| NemesisError::Missing {
         what: "write access to /proc/sys/vm/drop_caches".into(),
         hint: format!("{e}: drop-kernel-caches needs real root"),
     })
@@ -491,7 +497,7 @@ fn on_nodes(
     k: &FaultKind,
     ns: Vec<u32>,
     pick: &mut Draw,
-) -> Result<Vec<String>, Error> {
+) -> Result<Vec<String>, NemesisError> {
     let mut notes = Vec::new();
     if *k == FaultKind::DropKernelCaches {
         return drop_kernel_caches()

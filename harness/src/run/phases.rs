@@ -114,7 +114,7 @@ pub struct Worked {
     consumers: Consumers,
     consumer_job: ConsumerJob,
     /// The nemesis's own failure, reported after the heal.
-    faults: Result<(), Error>,
+    faults: Result<(), crate::nemesis::NemesisError>,
 }
 
 /// Producers, consumers and the nemesis for the run's duration; then the

@@ -23,8 +23,8 @@ impl SandboxError {
     /// The process exit code: 3 for a missing capability, 4 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            SandboxError::Missing { .. } => crate::error::exit::CAPABILITY,
-            SandboxError::Failed { .. } => crate::error::exit::HARNESS,
+            SandboxError::Missing { .. } => crate::exit::CAPABILITY,
+            SandboxError::Failed { .. } => crate::exit::HARNESS,
         }
     }
 }

@@ -25,7 +25,6 @@ use super::{
     CommittedPositions, Drained, Driver, DriverError, Member, MemberSetup, NodeRecipe, Producer,
     ProducerSetup, Protocol, ReplicaReads, TopicLayout,
 };
-use crate::error::Error;
 use crate::history::History;
 use crate::plan::{ClusterSpec, Readiness, TopicSpec};
 
@@ -33,11 +32,14 @@ pub use client::definite;
 
 /// Where the builtin broker binary is: $UNLOST_BROKER_BIN, next to this
 /// executable (cargo puts both in target/<profile>), or on PATH.
-pub fn broker_binary() -> Result<PathBuf, Error> {
+pub fn broker_binary() -> Result<PathBuf, DriverError> {
     if let Ok(p) = std::env::var("UNLOST_BROKER_BIN") {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe().map_err(|e| Error::Harness(format!("own path: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| DriverError::Missing {
+        what: "unlost-broker".into(),
+        hint: format!("this program's own path is unknown ({e}): set UNLOST_BROKER_BIN"),
+    })?;
     for dir in exe.ancestors().skip(1).take(2) {
         let candidate = dir.join("unlost-broker");
         if candidate.is_file() {
@@ -45,12 +47,19 @@ pub fn broker_binary() -> Result<PathBuf, Error> {
         }
     }
     std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("unlost-broker")).find(|p| p.is_file()))
-        .ok_or_else(|| Error::Harness("unlost-broker not found: build it (cargo build -p unlost-broker) or set UNLOST_BROKER_BIN".into()))
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("unlost-broker"))
+                .find(|p| p.is_file())
+        })
+        .ok_or_else(|| DriverError::Missing {
+            what: "unlost-broker".into(),
+            hint: "build it (cargo build -p unlost-broker) or set UNLOST_BROKER_BIN".into(),
+        })
 }
 
 /// The builtin broker's recipe: plan settings become `--flag value`.
-pub fn builtin_recipe(spec: &ClusterSpec) -> Result<NodeRecipe, Error> {
+pub fn builtin_recipe(spec: &ClusterSpec) -> Result<NodeRecipe, DriverError> {
     let mut command = vec![
         broker_binary()?.display().to_string(),
         "--id".into(),

