@@ -50,7 +50,10 @@ fn run(nodes: u32, rate: u64, secs: u64, flush: &str, lazyfs: bool) -> (f64, f64
         serde_json::from_slice(&std::fs::read(run.join("results.json")).unwrap()).unwrap();
     let acked = r["counts"]["acked"].as_f64().unwrap();
     let phase = r["timings"]["fault_phase_s"].as_f64().unwrap();
-    let history = std::fs::metadata(run.join("history.jsonl")).unwrap().len() as f64 / 1048576.0;
+    let history = std::fs::metadata(unlost::history::in_dir(&run))
+        .unwrap()
+        .len() as f64
+        / 1048576.0;
     (
         acked / phase,
         acked,

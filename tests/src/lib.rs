@@ -425,3 +425,14 @@ pub fn replica_contents(addr: SocketAddr, topic: &str, partition: i32) -> Vec<(i
     .unwrap_or_else(|e| panic!("read replica {addr}: {e}"))
     .0
 }
+
+/// A run dir's history as text (decompressed), whatever its format.
+pub fn history_text(dir: &Path) -> String {
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut unlost::history::open(&unlost::history::in_dir(dir)).expect("open the history"),
+        &mut text,
+    )
+    .expect("read the history");
+    text
+}

@@ -105,7 +105,7 @@ fn quickstart_loses_nothing_under_kills_and_pauses() {
     );
     for f in [
         "plan.yaml",
-        "history.jsonl",
+        "history.jsonl.zst",
         "summary.txt",
         "lost.jsonl",
         "nodes/1.log",
@@ -163,8 +163,10 @@ fn check_rechecks_a_stored_history_and_finds_tampering() {
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let o = unlost(&["check", dir.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    // Remove one drained message: the acknowledged value is now lost.
-    let history = std::fs::read_to_string(dir.join("history.jsonl")).unwrap();
+    // Remove one drained message: the acknowledged value is now lost. The
+    // tampered history is written plain and the compressed one removed,
+    // as in a run dir from before compression: `check` reads either.
+    let history = unlost_tests::history_text(&dir);
     let victim = history
         .lines()
         .find(|l| l.contains(r#""type":"drain""#))
@@ -175,6 +177,7 @@ fn check_rechecks_a_stored_history_and_finds_tampering() {
         history.replacen(&format!("{victim}\n"), "", 1),
     )
     .unwrap();
+    std::fs::remove_file(dir.join("history.jsonl.zst")).unwrap();
     let o = unlost(&["check", dir.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let r = results(&dir);
@@ -345,7 +348,7 @@ fn disk_errors_cache_drops_and_corruption_run_and_are_recorded() {
             ("corrupt-truncate".into(), true)
         ]
     );
-    let history = std::fs::read_to_string(dir.join("history.jsonl")).unwrap();
+    let history = unlost_tests::history_text(&dir);
     assert!(
         history.contains("bytes from the end of"),
         "the corruption is described"
@@ -594,7 +597,7 @@ fn both_drivers_run_the_same_leader_kill_plan() {
             count(&r, "delivered") > 100,
             "{broker}: the group consumed little: {r}"
         );
-        let history = std::fs::read_to_string(dir.join("history.jsonl")).unwrap();
+        let history = unlost_tests::history_text(&dir);
         let kills: Vec<&str> = history
             .lines()
             .filter(|l| l.contains("\"fault-start\"") && l.contains("\"kill\""))

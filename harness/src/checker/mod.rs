@@ -144,13 +144,7 @@ where
 
 /// Folds a stored history into facts, line by line (the fast path).
 pub fn fold(path: &std::path::Path) -> Result<Facts, HistoryError> {
-    use std::io::BufRead;
-    let file = std::fs::File::open(path).map_err(|source| HistoryError::Io {
-        verb: "open",
-        path: path.into(),
-        source,
-    })?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut reader = crate::history::open(path)?;
     let mut facts = Facts::default();
     let mut line = Vec::new();
     let mut n = 0;

@@ -1,16 +1,20 @@
 //! The history of a run: every operation and fault as it happened, written
 //! as JSONL (one `Event` per line) while the run goes, so memory stays
-//! bounded and a crashed run still leaves what it saw. Readable with jq.
+//! bounded and a crashed run still leaves what it saw.
 //!
 //! Input: events from the workload, nemesis and drain. Output:
-//! `history.jsonl` in the run dir, and an iterator over a stored history.
+//! `history.jsonl.zst` in the run dir (zstd-compressed JSONL: `zstd -dc
+//! history.jsonl.zst | jq`), and an iterator over a stored history, which
+//! reads compressed and plain (`history.jsonl`, older run dirs) alike,
+//! streaming. The writer ends a compressed block at least once a second,
+//! so a crash loses at most the last second.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -209,32 +213,101 @@ pub enum HistoryError {
     },
 }
 
-/// Appends events to `history.jsonl`; cheap to clone and share.
+/// The history file a run writes (compressed).
+pub const FILE: &str = "history.jsonl.zst";
+/// The uncompressed history file of older run dirs.
+pub const PLAIN_FILE: &str = "history.jsonl";
+
+/// The history file in a run dir: the compressed one, else a plain one.
+pub fn in_dir(dir: &Path) -> PathBuf {
+    let compressed = dir.join(FILE);
+    if !compressed.exists() && dir.join(PLAIN_FILE).exists() {
+        return dir.join(PLAIN_FILE);
+    }
+    compressed
+}
+
+/// zstd's frame magic number, as the first four bytes of a file.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// The zstd level: fast, and still a fraction of the JSON's size.
+const LEVEL: i32 = 3;
+/// The longest a written event may wait in the writer's buffers.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// Appends events to the history file; cheap to clone and share.
 #[derive(Clone)]
 pub struct History {
     inner: Arc<Mutex<Writer>>,
     start: Instant,
 }
 
+/// Where events go: plain JSONL, or a zstd frame over it.
+enum Sink {
+    Plain(BufWriter<File>),
+    Zstd(zstd::stream::write::Encoder<'static, BufWriter<File>>),
+}
+
+impl Sink {
+    fn out(&mut self) -> &mut dyn Write {
+        match self {
+            Sink::Plain(w) => w,
+            Sink::Zstd(w) => w,
+        }
+    }
+
+    /// Writes everything out, ending the frame.
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(mut w) => w.flush(),
+            Sink::Zstd(w) => w.finish()?.flush(),
+        }
+    }
+}
+
 struct Writer {
-    out: BufWriter<File>,
+    /// None once closed.
+    out: Option<Sink>,
     path: PathBuf,
     error: Option<String>,
+    flushed: Instant,
+}
+
+impl Writer {
+    fn note_error(&mut self, e: std::io::Error) {
+        if self.error.is_none() {
+            self.error = Some(format!("write {}: {e}", self.path.display()));
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(out) = self.out.take() {
+            let _ = out.finish();
+        }
+    }
 }
 
 impl History {
-    /// Creates the file.
+    /// Creates the file: zstd-compressed when its name ends in `.zst`.
     pub fn create(path: &Path) -> Result<History, HistoryError> {
-        let file = File::create(path).map_err(|source| HistoryError::Io {
+        let io = |source| HistoryError::Io {
             verb: "create",
             path: path.into(),
             source,
-        })?;
+        };
+        let file = BufWriter::with_capacity(1 << 16, File::create(path).map_err(io)?);
+        let out = if path.extension().is_some_and(|x| x == "zst") {
+            Sink::Zstd(zstd::stream::write::Encoder::new(file, LEVEL).map_err(io)?)
+        } else {
+            Sink::Plain(file)
+        };
         Ok(History {
             inner: Arc::new(Mutex::new(Writer {
-                out: BufWriter::with_capacity(1 << 16, file),
+                out: Some(out),
                 path: path.into(),
                 error: None,
+                flushed: Instant::now(),
             })),
             start: Instant::now(),
         })
@@ -245,7 +318,7 @@ impl History {
         self.start.elapsed().as_micros() as u64
     }
 
-    /// Records an event now.
+    /// Records an event now (nothing once the history is closed).
     pub fn record(&self, process: &str, kind: EventKind) {
         let event = Event {
             t: self.now(),
@@ -253,27 +326,75 @@ impl History {
             kind,
         };
         let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let result = serde_json::to_writer(&mut w.out, &event)
+        let due = w.flushed.elapsed() >= FLUSH_EVERY;
+        let Some(out) = w.out.as_mut().map(Sink::out) else {
+            return;
+        };
+        let mut result = serde_json::to_writer(&mut *out, &event)
             .map_err(std::io::Error::from)
-            .and_then(|_| w.out.write_all(b"\n"));
+            .and_then(|_| out.write_all(b"\n"));
+        if due && result.is_ok() {
+            result = out.flush();
+        }
+        if due {
+            w.flushed = Instant::now();
+        }
         if let Err(e) = result {
-            if w.error.is_none() {
-                w.error = Some(format!("write {}: {e}", w.path.display()));
-            }
+            w.note_error(e);
         }
     }
 
-    /// Flushes buffered events; reports the first write error, if any.
+    /// Writes buffered events out (a complete block); reports the first
+    /// write error, if any.
     pub fn flush(&self) -> Result<(), String> {
         let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let flushed = w
-            .out
-            .flush()
-            .map_err(|e| format!("flush {}: {e}", w.path.display()));
+        if let Some(Err(e)) = w.out.as_mut().map(|o| o.out().flush()) {
+            w.note_error(e);
+        }
+        w.flushed = Instant::now();
         match w.error.take() {
             Some(e) => Err(e),
-            None => flushed,
+            None => Ok(()),
         }
+    }
+
+    /// Ends the file (the compressed frame); later events are dropped.
+    /// Reports the first write error, if any.
+    pub fn close(&self) -> Result<(), String> {
+        let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(Err(e)) = w.out.take().map(Sink::finish) {
+            w.note_error(e);
+        }
+        match w.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A stored history's text, decompressed when it is zstd (by its first
+/// bytes, whatever its name), streaming.
+pub fn open(path: &Path) -> Result<Box<dyn BufRead + Send>, HistoryError> {
+    let io = |verb, source| HistoryError::Io {
+        verb,
+        path: path.into(),
+        source,
+    };
+    let mut file = File::open(path).map_err(|e| io("open", e))?;
+    let mut magic = [0u8; 4];
+    let mut n = 0;
+    while n < 4 {
+        match file.read(&mut magic[n..]).map_err(|e| io("read", e))? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let raw = std::io::Cursor::new(magic[..n].to_vec()).chain(file);
+    if n == 4 && magic == ZSTD_MAGIC {
+        let decoder = zstd::stream::read::Decoder::new(raw).map_err(|e| io("read", e))?;
+        Ok(Box::new(BufReader::with_capacity(1 << 16, decoder)))
+    } else {
+        Ok(Box::new(BufReader::with_capacity(1 << 16, raw)))
     }
 }
 
@@ -281,37 +402,30 @@ impl History {
 pub fn read(
     path: &Path,
 ) -> Result<impl Iterator<Item = Result<Event, HistoryError>>, HistoryError> {
-    let file = File::open(path).map_err(|source| HistoryError::Io {
-        verb: "open",
-        path: path.into(),
-        source,
-    })?;
+    let text = open(path)?;
     let path = path.to_path_buf();
-    Ok(BufReader::with_capacity(1 << 16, file)
-        .lines()
-        .enumerate()
-        .filter_map(move |(i, line)| {
-            let line = match line {
-                Ok(l) => l,
-                Err(source) => {
-                    return Some(Err(HistoryError::Io {
-                        verb: "read",
-                        path: path.clone(),
-                        source,
-                    }))
-                }
-            };
-            if line.trim().is_empty() {
-                return None;
-            }
-            Some(
-                serde_json::from_str(&line).map_err(|source| HistoryError::Parse {
+    Ok(text.lines().enumerate().filter_map(move |(i, line)| {
+        let line = match line {
+            Ok(l) => l,
+            Err(source) => {
+                return Some(Err(HistoryError::Io {
+                    verb: "read",
                     path: path.clone(),
-                    line: i + 1,
                     source,
-                }),
-            )
-        }))
+                }))
+            }
+        };
+        if line.trim().is_empty() {
+            return None;
+        }
+        Some(
+            serde_json::from_str(&line).map_err(|source| HistoryError::Parse {
+                path: path.clone(),
+                line: i + 1,
+                source,
+            }),
+        )
+    }))
 }
 
 /// The value id at the start of a payload (up to the first space):
@@ -330,6 +444,84 @@ pub fn value_of(payload: Option<&[u8]>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sends(h: &History, n: u64) {
+        for i in 0..n {
+            h.record(
+                "p0",
+                EventKind::Invoke {
+                    value: format!("p0-{i}"),
+                    attempt: 1,
+                },
+            );
+            h.record(
+                "p0",
+                EventKind::Ok {
+                    value: format!("p0-{i}"),
+                    attempt: 1,
+                    partition: (i % 3) as i32,
+                    offset: i as i64,
+                },
+            );
+        }
+    }
+
+    /// The compressed history reads back event for event, is a fraction
+    /// of the plain one, and a plain history still reads.
+    #[test]
+    fn a_compressed_history_reads_back_and_is_smaller() {
+        let dir = tempfile::tempdir().unwrap();
+        let (zst, plain) = (dir.path().join(FILE), dir.path().join(PLAIN_FILE));
+        for path in [&zst, &plain] {
+            let h = History::create(path).unwrap();
+            sends(&h, 5000);
+            h.close().unwrap();
+            // After close, events are dropped, not appended to a finished frame.
+            sends(&h, 1);
+        }
+        let a: Vec<Event> = read(&zst).unwrap().map(Result::unwrap).collect();
+        let b: Vec<Event> = read(&plain).unwrap().map(Result::unwrap).collect();
+        assert_eq!(a.len(), 10_000);
+        assert_eq!(
+            a.iter().map(|e| &e.kind).collect::<Vec<_>>(),
+            b.iter().map(|e| &e.kind).collect::<Vec<_>>()
+        );
+        let (zs, ps) = (
+            std::fs::metadata(&zst).unwrap().len(),
+            std::fs::metadata(&plain).unwrap().len(),
+        );
+        assert!(zs * 4 < ps, "compressed {zs} bytes, plain {ps}");
+        assert_eq!(in_dir(dir.path()), zst);
+        std::fs::remove_file(&zst).unwrap();
+        assert_eq!(in_dir(dir.path()), plain, "older run dirs: the plain file");
+    }
+
+    /// A crash (no close) leaves every event up to the last flush
+    /// readable; the cut-off frame is then reported, not hidden.
+    #[test]
+    fn a_crashed_compressed_history_keeps_what_was_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let h = History::create(&path).unwrap();
+        sends(&h, 1000);
+        h.flush().unwrap();
+        let crashed = dir.path().join("crashed.jsonl.zst");
+        std::fs::copy(&path, &crashed).unwrap();
+        let mut events = 0;
+        let mut error = None;
+        for e in read(&crashed).unwrap() {
+            match e {
+                Ok(_) => events += 1,
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        assert_eq!(events, 2000);
+        assert!(error.is_some(), "the unfinished frame is reported");
+        h.close().unwrap();
+    }
 
     #[test]
     fn events_round_trip_through_jsonl() {

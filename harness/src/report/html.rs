@@ -37,8 +37,7 @@ struct Line<'a> {
 
 /// Reads the per-second figures from a history.
 pub fn timeline(history: &Path) -> std::io::Result<Timeline> {
-    let file = std::fs::File::open(history)?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut reader = crate::history::open(history).map_err(std::io::Error::other)?;
     let mut line = Vec::new();
     let mut invoked: HashMap<(String, u32), u64> = HashMap::new();
     let mut tl = Timeline::default();
@@ -350,7 +349,7 @@ pub fn write(
     facts: &Facts,
     nodes: &[u32],
 ) -> std::io::Result<()> {
-    let tl = timeline(&dir.join("history.jsonl"))?;
+    let tl = timeline(&crate::history::in_dir(dir))?;
     std::fs::write(
         dir.join("report.html"),
         render(plan, seed, o, facts, &tl, nodes),

@@ -220,7 +220,7 @@ fn timings(kept: &[RunEvent], total: Duration) -> Timings {
 
 /// Checks the history stored in a run dir against the plan's expectations.
 pub fn check_dir(dir: &Path, plan: &Plan) -> Result<(Outcome, Facts), Error> {
-    let facts = checker::fold(&dir.join("history.jsonl"))?;
+    let facts = checker::fold(&crate::history::in_dir(dir))?;
     let outcome = checker::evaluate(&facts, &plan.expect);
     Ok((outcome, facts))
 }

@@ -40,7 +40,7 @@ impl<'a> Run<'a> {
         duration: Duration,
         dir: &Path,
     ) -> Result<Run<'a>, Error> {
-        let history = History::create(&dir.join("history.jsonl"))?;
+        let history = History::create(&dir.join(crate::history::FILE))?;
         history.record(
             "harness",
             EventKind::Run {
@@ -281,7 +281,7 @@ pub async fn shut_down(run: &Run<'_>, up: Up) -> Result<(), Error> {
     }
     let c = up.cluster.clone();
     blocking(move || c.lock().unwrap_or_else(|e| e.into_inner()).shutdown()).await?;
-    run.history.flush().map_err(Error::Harness)
+    run.history.close().map_err(Error::Harness)
 }
 
 /// Records every change of a partition's leader (polled every 500 ms).

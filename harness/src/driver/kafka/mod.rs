@@ -133,7 +133,21 @@ pub fn metadata_ready(addr: &str, id: u32, timeout: Duration) -> bool {
         .is_ok_and(|md| md.brokers().iter().any(|b| b.id() == id as i32))
 }
 
+/// Creates the topic, retrying for up to a minute: a node that accepts
+/// connections may not have joined its controller yet (a custom recipe
+/// that only waits for TCP), and CreateTopics then times out or is refused.
 async fn create_topic(bootstrap: &str, spec: &TopicSpec) -> Result<(), DriverError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match create_topic_once(bootstrap, spec).await {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+async fn create_topic_once(bootstrap: &str, spec: &TopicSpec) -> Result<(), DriverError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("log_level", "0")
@@ -149,7 +163,9 @@ async fn create_topic(bootstrap: &str, spec: &TopicSpec) -> Result<(), DriverErr
         TopicReplication::Fixed(i32::from(spec.replication_factor)),
     )
     .set("min.insync.replicas", &min_isr);
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics([&topic], &opts)
         .await
