@@ -265,14 +265,14 @@ fn sigkill_of_the_harness_leaves_no_broker_behind() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until a node is up (it mentions the run dir in its flags).
+    // Wait until all three nodes are up (they mention the run dir in
+    // their flags), so the kill lands on a running cluster.
     let needle = runs.to_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while processes_mentioning(&format!("--data-dir {needle}")).is_empty() {
-        assert!(Instant::now() < deadline, "no broker started");
+    while processes_mentioning(&format!("--data-dir {needle}")).len() < 3 {
+        assert!(Instant::now() < deadline, "the three brokers did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_secs(2));
     child.kill().unwrap();
     child.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
