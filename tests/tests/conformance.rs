@@ -383,25 +383,34 @@ fn leader_kill_heal_drain(f: &mut Fixture) {
     }
 }
 
-#[test]
-fn the_kafka_api_driver_conforms() {
-    unlost_tests::binary("unlost-broker");
-    let mut f = start(BrokerKind::Builtin, 2);
-    admin(&f);
-    produce_each_acks(&f);
-    group_commit_policies(&f);
-    consumer_crash(&f);
-    // Negative: a partition the topic does not have fails, definitely.
+/// Every shared scenario but the leader kill, in order.
+fn shared_scenarios(f: &Fixture) {
+    admin(f);
+    produce_each_acks(f);
+    group_commit_policies(f);
+    consumer_crash(f);
+}
+
+/// One send of a new producer (for the negative cases).
+fn send_one(f: &Fixture, topic: &'static str, route: Route) -> Completion {
     let setup = ProducerSetup {
         index: 0,
         spec: producer_spec(Acks::All),
     };
     let d = f.driver.clone();
-    let c = f.rt.block_on(async move {
+    f.rt.block_on(async move {
         let p = d.producer(&setup).await.unwrap();
-        p.send("conf-acks", "x", b"x".to_vec(), &Route::Partition(99))
-            .await
-    });
+        p.send(topic, "x", b"x".to_vec(), &route).await
+    })
+}
+
+#[test]
+fn the_kafka_api_driver_conforms() {
+    unlost_tests::binary("unlost-broker");
+    let mut f = start(BrokerKind::Builtin, 2);
+    shared_scenarios(&f);
+    // Negative: a partition the topic does not have fails, definitely.
+    let c = send_one(&f, "conf-acks", Route::Partition(99));
     assert!(matches!(c, Completion::Fail(_)), "unknown partition: {c:?}");
     leader_kill_heal_drain(&mut f);
 }
@@ -415,21 +424,9 @@ fn the_nats_driver_conforms() {
         return;
     }
     let mut f = start(BrokerKind::Nats, 1);
-    admin(&f);
-    produce_each_acks(&f);
-    group_commit_policies(&f);
-    consumer_crash(&f);
+    shared_scenarios(&f);
     // Negative: a subject no stream takes is not stored, definitely.
-    let setup = ProducerSetup {
-        index: 0,
-        spec: producer_spec(Acks::All),
-    };
-    let d = f.driver.clone();
-    let c = f.rt.block_on(async move {
-        let p = d.producer(&setup).await.unwrap();
-        p.send("conf-no-stream", "x", b"x".to_vec(), &Route::Partition(0))
-            .await
-    });
+    let c = send_one(&f, "conf-no-stream", Route::Partition(0));
     assert!(matches!(c, Completion::Fail(_)), "no stream: {c:?}");
     // Negative: a member of a stream that does not exist is refused.
     let setup = MemberSetup {

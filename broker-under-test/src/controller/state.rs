@@ -65,9 +65,37 @@ pub struct TopicState {
 pub struct ClusterState {
     pub brokers: BTreeMap<i32, BrokerInfo>,
     pub topics: BTreeMap<String, TopicState>,
-    /// group -> (topic, partition) -> committed offset.
+    /// group -> (topic, partition) -> committed offset. Stored in
+    /// snapshots as lists of entries: JSON map keys must be strings.
+    #[serde(with = "offsets_as_lists")]
     pub offsets: BTreeMap<String, BTreeMap<(String, i32), Committed>>,
     pub next_producer_id_block: i64,
+}
+
+/// Committed offsets keyed by (topic, partition) as JSON: per group, a
+/// list of [[topic, partition], committed] entries.
+mod offsets_as_lists {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::storage::offsets::Committed;
+
+    type Offsets = BTreeMap<String, BTreeMap<(String, i32), Committed>>;
+
+    pub fn serialize<S: Serializer>(m: &Offsets, s: S) -> Result<S::Ok, S::Error> {
+        let lists: BTreeMap<&String, Vec<(&(String, i32), &Committed)>> =
+            m.iter().map(|(g, o)| (g, o.iter().collect())).collect();
+        lists.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Offsets, D::Error> {
+        let lists: BTreeMap<String, Vec<((String, i32), Committed)>> = BTreeMap::deserialize(d)?;
+        Ok(lists
+            .into_iter()
+            .map(|(g, o)| (g, o.into_iter().collect()))
+            .collect())
+    }
 }
 
 /// A change to the cluster state, proposed through Raft.
