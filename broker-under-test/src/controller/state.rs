@@ -82,9 +82,11 @@ mod offsets_as_lists {
     use crate::storage::offsets::Committed;
 
     type Offsets = BTreeMap<String, BTreeMap<(String, i32), Committed>>;
+    /// One group's entries, borrowed for writing.
+    type Entries<'a> = Vec<(&'a (String, i32), &'a Committed)>;
 
     pub fn serialize<S: Serializer>(m: &Offsets, s: S) -> Result<S::Ok, S::Error> {
-        let lists: BTreeMap<&String, Vec<(&(String, i32), &Committed)>> =
+        let lists: BTreeMap<&String, Entries<'_>> =
             m.iter().map(|(g, o)| (g, o.iter().collect())).collect();
         lists.serialize(s)
     }
