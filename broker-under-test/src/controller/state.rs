@@ -82,6 +82,8 @@ mod offsets_as_lists {
     use crate::storage::offsets::Committed;
 
     type Offsets = BTreeMap<String, BTreeMap<(String, i32), Committed>>;
+    /// One committed offset as stored.
+    type Entry = ((String, i32), Committed);
     /// One group's entries, borrowed for writing.
     type Entries<'a> = Vec<(&'a (String, i32), &'a Committed)>;
 
@@ -92,7 +94,7 @@ mod offsets_as_lists {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Offsets, D::Error> {
-        let lists: BTreeMap<String, Vec<((String, i32), Committed)>> = BTreeMap::deserialize(d)?;
+        let lists: BTreeMap<String, Vec<Entry>> = BTreeMap::deserialize(d)?;
         Ok(lists
             .into_iter()
             .map(|(g, o)| (g, o.into_iter().collect()))
