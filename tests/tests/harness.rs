@@ -182,6 +182,11 @@ fn check_rechecks_a_stored_history_and_finds_tampering() {
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let r = results(&dir);
     assert_eq!(count(&r, "lost"), 1);
+    assert!(
+        r["timings"]["fault_phase_s"].as_f64().unwrap() > 2.0,
+        "a re-check keeps the run's own timings: {}",
+        r["timings"]
+    );
     let lost = std::fs::read_to_string(dir.join("lost.jsonl")).unwrap();
     assert_eq!(lost.lines().count(), 1);
     let value: serde_json::Value = serde_json::from_str(&victim).unwrap();

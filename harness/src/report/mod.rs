@@ -14,7 +14,7 @@ pub mod status;
 use crate::checker::{facts::FaultWindow, Anomaly, Outcome, Verdict};
 
 /// Durations of the run's phases, in seconds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Timings {
     pub setup_s: f64,
     pub fault_phase_s: f64,
@@ -59,6 +59,20 @@ struct Drain<'a> {
     error: Option<&'a str>,
     /// Ranges reported but not served (see the `unreadable` anomaly).
     unreadable: &'a [crate::history::Unreadable],
+}
+
+/// The run's own timings from a run dir's results.json (all zero when
+/// there is none), so a re-check keeps them.
+pub fn stored_timings(dir: &Path) -> Timings {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        timings: Timings,
+    }
+    std::fs::read(dir.join("results.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Stored>(&b).ok())
+        .map(|s| s.timings)
+        .unwrap_or_default()
 }
 
 /// Counts by name: operations then anomalies.
