@@ -57,6 +57,11 @@ async fn run(config: Config) -> i32 {
         }
         _ = term.recv() => 0,
         _ = int.recv() => 0,
+        why = broker.controller.stopped() => {
+            // Fail-stop: no graceful flush on a disk that fails.
+            tracing::error!(id, "controller stopped: {why}; exiting");
+            return 1;
+        }
     };
     broker.flush_all().await;
     tracing::info!(id, "broker stopped");

@@ -630,3 +630,35 @@ fn nats_power_loss_loses_acknowledged_messages_only_without_sync_always() {
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert!(count(&r, "lost") > 1000, "{r}");
 }
+
+/// A broker whose disk fails under its controller stops (fail-stop)
+/// rather than lingering with a dead controller: consumer commits are
+/// Raft entries, a follower's append gets EIO, openraft stops its core,
+/// and the broker exits; the end-of-run heal starts it again and nothing
+/// is lost. (The first soak showed minutes of NOT_ENOUGH_REPLICAS from
+/// such a half-alive broker.)
+#[test]
+fn a_broker_whose_controller_disk_fails_stops_and_the_heal_restarts_it() {
+    if !unlost_tests::prerequisite(
+        std::path::Path::new("/dev/fuse").exists(),
+        "disk errors need the lazy filesystem (/dev/fuse)",
+    ) {
+        return;
+    }
+    let (o, dir, r, _out) = run_inline("name: disk-fail-stop\nduration: 12s\ncluster: { nodes: 3 }\ntopic: { partitions: 1, replication_factor: 3, min_insync_replicas: 2 }\nproducers: { count: 1, rate: 100/s }\nconsumers: { count: 1, group: g, commit: after-process }\nstorage: { lazyfs: true }\nfaults:\n  - { at: 4s, for: 4s, disk-error: follower }\nexpect: { lost: 0, recovered: any, redelivered: any, duplicated: any }\n");
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(count(&r, "acked") > 500, "{r}");
+    let stopped: Vec<String> = (1..=3)
+        .map(|n| std::fs::read_to_string(dir.join(format!("nodes/{n}.log"))).unwrap())
+        .filter(|log| log.contains("controller stopped"))
+        .collect();
+    assert_eq!(
+        stopped.len(),
+        1,
+        "exactly the node with the failing disk stopped"
+    );
+    assert!(
+        stopped[0].matches("broker started").count() >= 2,
+        "the heal started it again"
+    );
+}

@@ -235,6 +235,22 @@ impl Controller {
         }
     }
 
+    /// Resolves when this voter's Raft core has stopped for good: openraft
+    /// treats a storage error (EIO from the disk) as fatal. A broker whose
+    /// controller is dead cannot register, heartbeat or change an ISR, so
+    /// it must stop too (fail-stop) rather than linger half alive.
+    pub async fn stopped(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "the Raft core is gone".into();
+            }
+        }
+    }
+
     /// Registers this broker and keeps its lease alive, re-registering when
     /// the controller fenced it. Runs until the process ends.
     pub async fn keep_registered(self: Arc<Self>, host: String, port: i32) {
