@@ -634,11 +634,11 @@ fn nats_power_loss_loses_acknowledged_messages_only_without_sync_always() {
 /// A broker whose disk fails under its controller stops (fail-stop)
 /// rather than lingering with a dead controller: consumer commits are
 /// Raft entries, a follower's append gets EIO, openraft stops its core,
-/// and the broker exits; the end-of-run heal starts it again and nothing
-/// is lost. (The first soak showed minutes of NOT_ENOUGH_REPLICAS from
+/// and the broker exits; when the fault ends (the disk works again) the
+/// nemesis starts it again, as a supervisor would, and nothing is lost. (The first soak showed minutes of NOT_ENOUGH_REPLICAS from
 /// such a half-alive broker.)
 #[test]
-fn a_broker_whose_controller_disk_fails_stops_and_the_heal_restarts_it() {
+fn a_broker_whose_controller_disk_fails_stops_and_starts_again_with_its_disk() {
     if !unlost_tests::prerequisite(
         std::path::Path::new("/dev/fuse").exists(),
         "disk errors need the lazy filesystem (/dev/fuse)",
@@ -659,6 +659,11 @@ fn a_broker_whose_controller_disk_fails_stops_and_the_heal_restarts_it() {
     );
     assert!(
         stopped[0].matches("broker started").count() >= 2,
-        "the heal started it again"
+        "it was started again"
+    );
+    // When the disk works again (not only at the end-of-run heal).
+    assert!(
+        unlost_tests::history_text(&dir).contains("had stopped on its failing disk: started again"),
+        "the disk-error fault's end restarts the stopped broker"
     );
 }

@@ -291,6 +291,19 @@ impl Cluster {
         self.restart(id)
     }
 
+    /// Whether node `id`'s process has stopped on its own (it is then
+    /// down, for `restart`).
+    pub fn exited(&mut self, id: u32) -> Result<bool, ClusterError> {
+        if self.node(id)?.state == NodeState::Down {
+            return Ok(false);
+        }
+        if self.placement.exited(id).is_some() {
+            self.node(id)?.state = NodeState::Down;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// Restarts a node; a node that exits while starting (it cannot
     /// recover its data, say) is a finding, not a harness failure: it stays
     /// down and the reason is returned.

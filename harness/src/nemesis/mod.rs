@@ -413,22 +413,44 @@ impl Nemesis {
             let links = self.links.clone();
             blocking(move || links.heal(id)).await?;
         }
-        let down = blocking(move || -> Result<Vec<String>, NemesisError> {
+        type Undone = (Vec<String>, Vec<u32>);
+        let (down, revived) = blocking(move || -> Result<Undone, NemesisError> {
             let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
-            let mut down = Vec::new();
+            let (mut down, mut revived) = (Vec::new(), Vec::new());
             for id in ns.into_iter().filter(|n| !still.contains(n)) {
                 match k {
                     FaultKind::Kill | FaultKind::PowerLoss { .. } => {
                         down.extend(c.restart_or_report(id)?)
                     }
                     FaultKind::Pause => c.resume(id)?,
-                    FaultKind::DiskError => c.disk_error(id, false)?,
+                    FaultKind::DiskError => {
+                        c.disk_error(id, false)?;
+                        // A broker that stopped on the failing disk is
+                        // started again once the disk works, as a
+                        // supervisor would.
+                        if c.exited(id)? {
+                            revived.push(id);
+                            down.extend(c.restart_or_report(id)?);
+                        }
+                    }
                     _ => {}
                 }
             }
-            Ok(down)
+            Ok((down, revived))
         })
         .await?;
+        for id in revived {
+            self.history.record(
+                "nemesis",
+                EventKind::Note {
+                    message: format!(
+                        "{}#{} node {id} had stopped on its failing disk: started again",
+                        a.kind.name(),
+                        a.id
+                    ),
+                },
+            );
+        }
         self.report_down(down);
         self.history.record(
             "nemesis",
