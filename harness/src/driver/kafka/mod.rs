@@ -28,8 +28,6 @@ use super::{
 use crate::history::History;
 use crate::plan::{ClusterSpec, Readiness, TopicSpec};
 
-pub use client::definite;
-
 /// Where the builtin broker binary is: $UNLOST_BROKER_BIN, next to this
 /// executable (cargo puts both in target/<profile>), or on PATH.
 pub fn broker_binary() -> Result<PathBuf, DriverError> {
