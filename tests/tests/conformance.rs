@@ -36,7 +36,9 @@ fn start(broker: BrokerKind, partitions: i32) -> Fixture {
     let spec = ClusterSpec {
         broker,
         nodes: 3,
+        version: None,
         settings: BTreeMap::new(),
+        properties: BTreeMap::new(),
         recipe: None,
     };
     let cluster = Cluster::start(&spec, false, dir.path()).expect("cluster starts");
@@ -404,15 +406,31 @@ fn send_one(f: &Fixture, topic: &'static str, route: Route) -> Completion {
     })
 }
 
-#[test]
-fn the_kafka_api_driver_conforms() {
-    unlost_tests::binary("unlost-broker");
-    let mut f = start(BrokerKind::Builtin, 2);
+/// The Kafka driver's scenarios against one Kafka-API broker.
+fn kafka_api_conforms(broker: BrokerKind) {
+    let mut f = start(broker, 2);
     shared_scenarios(&f);
     // Negative: a partition the topic does not have fails, definitely.
     let c = send_one(&f, "conf-acks", Route::Partition(99));
     assert!(matches!(c, Completion::Fail(_)), "unknown partition: {c:?}");
     leader_kill_heal_drain(&mut f);
+}
+
+#[test]
+fn the_kafka_driver_conforms_on_the_builtin_broker() {
+    unlost_tests::binary("unlost-broker");
+    kafka_api_conforms(BrokerKind::Builtin);
+}
+
+#[test]
+fn the_kafka_driver_conforms_on_apache_kafka() {
+    if !unlost_tests::prerequisite(
+        unlost::driver::kafka::apache::java().is_ok(),
+        "java 17 or later (apt-get install openjdk-17-jre-headless)",
+    ) {
+        return;
+    }
+    kafka_api_conforms(BrokerKind::Kafka);
 }
 
 #[test]

@@ -76,7 +76,9 @@ fn partition_shapes_cut_exactly_the_connections_they_say() {
     let spec = ClusterSpec {
         broker: BrokerKind::Custom,
         nodes: 5,
+        version: None,
         settings: BTreeMap::new(),
+        properties: BTreeMap::new(),
         recipe: Some(CustomRecipe {
             command: vec![
                 "python3".into(),
@@ -256,7 +258,9 @@ fn the_final_read_ignores_a_deposed_leader_and_its_uncommitted_suffix() {
     let spec = ClusterSpec {
         broker: BrokerKind::Builtin,
         nodes: 3,
+        version: None,
         settings: BTreeMap::from([("flush".into(), "always".into())]),
+        properties: BTreeMap::new(),
         recipe: None,
     };
     let cluster = Cluster::start(&spec, false, dir.path()).expect("cluster");

@@ -308,11 +308,33 @@ impl Cluster {
     /// recover its data, say) is a finding, not a harness failure: it stays
     /// down and the reason is returned.
     pub fn restart_or_report(&mut self, id: u32) -> Result<Option<String>, ClusterError> {
-        match self.restart(id) {
-            Ok(()) => Ok(None),
-            Err(e) if self.node(id)?.state == NodeState::Down => Ok(Some(e.to_string())),
-            Err(e) => Err(e),
+        self.restart_all_or_report(&[id]).map(|mut down| down.pop())
+    }
+
+    /// Restarts every down node of `ids` at once, then waits until each
+    /// listens: nodes that need a quorum of each other to open their
+    /// listeners (Kafka's KRaft nodes) cannot be brought back one by one.
+    /// A node that exits while starting stays down, with the reason.
+    pub fn restart_all_or_report(&mut self, ids: &[u32]) -> Result<Vec<String>, ClusterError> {
+        let mut started = Vec::new();
+        let mut down = Vec::new();
+        for &id in ids {
+            if self.node(id)?.state == NodeState::Down {
+                match self.launch(id) {
+                    Ok(()) => started.push(id),
+                    Err(e) if self.node(id)?.state == NodeState::Down => down.push(e.to_string()),
+                    Err(e) => return Err(e),
+                }
+            }
         }
+        for id in started {
+            match self.wait_until(id, Readiness::Tcp) {
+                Ok(()) => {}
+                Err(e) if self.node(id)?.state == NodeState::Down => down.push(e.to_string()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(down)
     }
 
     /// Resumes paused nodes, restarts stopped ones, and waits until every
@@ -321,16 +343,14 @@ impl Cluster {
     pub fn heal(&mut self) -> Result<Vec<String>, ClusterError> {
         let mut down = Vec::new();
         let ids: Vec<u32> = self.nodes.iter().map(|n| n.id).collect();
-        for id in ids {
+        for &id in &ids {
             self.resume(id)?;
             // A node that died on its own is restarted too.
             if self.placement.exited(id).is_some() {
                 self.node(id)?.state = NodeState::Down;
             }
-            if let Some(why) = self.restart_or_report(id)? {
-                down.push(why);
-            }
         }
+        down.extend(self.restart_all_or_report(&ids)?);
         // Now that every node runs, each must become ready again.
         for n in 0..self.nodes.len() {
             let id = self.nodes[n].id;

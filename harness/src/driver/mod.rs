@@ -311,6 +311,7 @@ pub fn recipe(spec: &ClusterSpec) -> Result<NodeRecipe, DriverError> {
     match spec.broker {
         BrokerKind::Builtin => kafka::builtin_recipe(spec),
         BrokerKind::Nats => nats::recipe(spec),
+        BrokerKind::Kafka => kafka::apache::recipe(spec),
         BrokerKind::Custom => {
             let r = spec
                 .recipe

@@ -13,7 +13,14 @@
 //! - `set_disk_error` makes writes and fsyncs fail with EIO until cleared.
 //!
 //! Files are served with direct I/O and zero cache TTLs, so the kernel
-//! never caches data or sizes that a power loss will change.
+//! never caches data or sizes that a power loss will change. Shared
+//! memory maps are allowed on such files where the kernel can
+//! (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6+; Kafka maps its index files): a
+//! mapping's pages live in the kernel's page cache, and reach this
+//! filesystem as writes when the kernel writes them back (msync, munmap,
+//! or its own writeback), so a power loss cannot drop mapped pages the
+//! kernel has not yet written back. Kafka rebuilds such index files after
+//! an unclean shutdown anyway.
 
 pub mod pending;
 
@@ -199,6 +206,13 @@ impl LazyFs {
 }
 
 impl Filesystem for LazyFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // Without it, mmap of a direct-I/O file fails with ENODEV; an
+        // older kernel keeps that behaviour (and says so to the broker).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.child(parent, name) {
             Ok(rel) => self.entry(&rel, reply),

@@ -417,11 +417,13 @@ impl Nemesis {
         let (down, revived) = blocking(move || -> Result<Undone, NemesisError> {
             let mut c = cluster.lock().unwrap_or_else(|e| e.into_inner());
             let (mut down, mut revived) = (Vec::new(), Vec::new());
-            for id in ns.into_iter().filter(|n| !still.contains(n)) {
+            let back: Vec<u32> = ns.into_iter().filter(|n| !still.contains(n)).collect();
+            if matches!(k, FaultKind::Kill | FaultKind::PowerLoss { .. }) {
+                // All at once: nodes may need each other to start.
+                down.extend(c.restart_all_or_report(&back)?);
+            }
+            for id in back {
                 match k {
-                    FaultKind::Kill | FaultKind::PowerLoss { .. } => {
-                        down.extend(c.restart_or_report(id)?)
-                    }
                     FaultKind::Pause => c.resume(id)?,
                     FaultKind::DiskError => {
                         c.disk_error(id, false)?;

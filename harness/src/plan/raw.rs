@@ -94,8 +94,11 @@ pub struct RawPlan {
 pub struct RawCluster {
     pub broker: Option<String>,
     pub nodes: Option<u32>,
+    pub version: Option<Scalar>,
     #[serde(default)]
     pub settings: UniqueMap<Scalar>,
+    #[serde(default)]
+    pub properties: UniqueMap<Scalar>,
     pub recipe: Option<RawRecipe>,
 }
 

@@ -90,10 +90,11 @@ fn cluster(ctx: &Ctx, c: RawCluster) -> Result<ClusterSpec, PlanError> {
         "builtin" => BrokerKind::Builtin,
         "custom" => BrokerKind::Custom,
         "nats" => BrokerKind::Nats,
+        "kafka" => BrokerKind::Kafka,
         other => {
             return Err(ctx.err(
                 "cluster.broker",
-                format!("unknown broker {other:?}: use builtin, nats or custom"),
+                format!("unknown broker {other:?}: use builtin, kafka, nats or custom"),
             ))
         }
     };
@@ -110,6 +111,7 @@ fn cluster(ctx: &Ctx, c: RawCluster) -> Result<ClusterSpec, PlanError> {
     match broker {
         BrokerKind::Nats => nats_settings(ctx, &settings)?,
         BrokerKind::Builtin => builtin_settings(ctx, &settings)?,
+        BrokerKind::Kafka => kafka_settings(ctx, &settings, nodes)?,
         BrokerKind::Custom => {
             if let Some(k) = settings.keys().next() {
                 return Err(ctx.err(
@@ -119,13 +121,89 @@ fn cluster(ctx: &Ctx, c: RawCluster) -> Result<ClusterSpec, PlanError> {
             }
         }
     }
+    let version = version(ctx, &broker, c.version)?;
+    let properties = properties(ctx, &broker, c.properties)?;
     let recipe = recipe(ctx, &broker, c.recipe)?;
     Ok(ClusterSpec {
         broker,
         nodes,
+        version,
         settings,
+        properties,
         recipe,
     })
+}
+
+/// The broker's release: a Kafka version (`4.1.1`).
+fn version(
+    ctx: &Ctx,
+    broker: &BrokerKind,
+    v: Option<super::raw::Scalar>,
+) -> Result<Option<String>, PlanError> {
+    let Some(v) = v.map(|v| v.to_string()) else {
+        return Ok(None);
+    };
+    if *broker != BrokerKind::Kafka {
+        return Err(ctx.err(
+            "cluster.version",
+            "a version is only for broker: kafka (the others run the installed release)",
+        ));
+    }
+    let parts: Vec<&str> = v.split('.').collect();
+    let numeric = parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit()));
+    if !numeric || parts[0] != "4" {
+        return Err(ctx.err(
+            "cluster.version",
+            format!(
+                "invalid Kafka version {v:?}: a 4.x release as major.minor.patch, e.g. \"4.1.1\" \
+                 (KRaft-only releases; write it quoted)"
+            ),
+        ));
+    }
+    Ok(Some(v))
+}
+
+/// Raw broker properties (kafka only): names and one-line values.
+fn properties(
+    ctx: &Ctx,
+    broker: &BrokerKind,
+    raw: super::raw::UniqueMap<super::raw::Scalar>,
+) -> Result<BTreeMap<String, String>, PlanError> {
+    let mut out = BTreeMap::new();
+    for (k, v) in raw.0 {
+        let path = format!("cluster.properties.{k}");
+        if *broker != BrokerKind::Kafka {
+            return Err(ctx.err(
+                &path,
+                "properties are only for broker: kafka (server.properties lines)",
+            ));
+        }
+        let v = v.to_string();
+        let name_ok = !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && k.contains('.');
+        if !name_ok {
+            return Err(ctx.err(
+                &path,
+                format!(
+                    "invalid Kafka property name {k:?}: a dotted lower-case name such as \
+                     log.segment.bytes"
+                ),
+            ));
+        }
+        if v.is_empty() || v.contains(['\n', '\r']) {
+            return Err(ctx.err(&path, format!("invalid value {v:?}: one non-empty line")));
+        }
+        if let Some(why) = super::kafka::owner(&k) {
+            return Err(ctx.err(&path, why));
+        }
+        out.insert(k, v);
+    }
+    Ok(out)
 }
 
 /// nats-server's settings.
@@ -147,6 +225,54 @@ fn nats_settings(ctx: &Ctx, settings: &BTreeMap<String, String>) -> Result<(), P
                 return Err(ctx.err(
                     &path,
                     format!("unknown nats setting {other:?} (known: sync_interval)"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Apache Kafka's settings (the plan's names for its durability knobs).
+fn kafka_settings(
+    ctx: &Ctx,
+    settings: &BTreeMap<String, String>,
+    nodes: u32,
+) -> Result<(), PlanError> {
+    for (k, v) in settings {
+        let path = format!("cluster.settings.{k}");
+        let number = |min: u64, what: &str| -> Result<(), PlanError> {
+            if v.parse::<u64>()
+                .is_ok_and(|n| n >= min && n <= i64::MAX as u64)
+            {
+                Ok(())
+            } else {
+                Err(ctx.err(&path, format!("invalid {k} {v:?}: {what}")))
+            }
+        };
+        match k.as_str() {
+            "flush_messages" => number(1, "a number of messages, at least 1")?,
+            "flush_ms" | "replica_lag_ms" => number(1, "milliseconds, at least 1")?,
+            "min_insync_replicas" => {
+                if !v.parse::<u32>().is_ok_and(|n| (1..=nodes).contains(&n)) {
+                    return Err(ctx.err(
+                        &path,
+                        format!("invalid min_insync_replicas {v:?}: 1 to {nodes} (the node count)"),
+                    ));
+                }
+            }
+            "unclean_leader_election" | "eligible_leader_replicas" => {
+                if v != "true" && v != "false" {
+                    return Err(ctx.err(&path, format!("invalid {k} {v:?}: true or false")));
+                }
+            }
+            other => {
+                return Err(ctx.err(
+                    &path,
+                    format!(
+                        "unknown kafka setting {other:?} (known: {}; anything else goes \
+                         under cluster.properties)",
+                        super::kafka::setting_names().join(", ")
+                    ),
                 ))
             }
         }
@@ -222,7 +348,7 @@ fn recipe(
                 "broker custom needs a recipe with a command",
             ))
         }
-        (BrokerKind::Builtin | BrokerKind::Nats, Some(_)) => {
+        (BrokerKind::Builtin | BrokerKind::Nats | BrokerKind::Kafka, Some(_)) => {
             return Err(ctx.err("cluster.recipe", "a recipe is only for broker: custom"))
         }
         (_, None) => None,

@@ -4,6 +4,7 @@
 //! harness's own blocking connection (`wire`), which sees which node
 //! answered and its leader epoch.
 
+pub mod apache;
 mod client;
 pub mod drain;
 pub mod replicas;
