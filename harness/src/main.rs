@@ -2,7 +2,24 @@
 
 use clap::Parser;
 
+/// glibc's malloc gives each thread that allocates its own arena (up to
+/// eight per core), and memory freed in one is not reused by another. A
+/// run has many threads (tokio's workers, librdkafka's per-broker threads
+/// in every client, consumer threads, the lazy filesystem's), and after
+/// each burst of work (a pile-up of sends while the cluster is degraded)
+/// the arenas keep their peak: the soak's resident memory grew by steps
+/// of 10-20 MiB. Two arenas keep it flat (docs/benchmarks.md).
+fn cap_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any
+    // other thread exists.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() {
+    cap_malloc_arenas();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

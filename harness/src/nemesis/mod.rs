@@ -212,6 +212,39 @@ impl Nemesis {
         }
     }
 
+    /// The leader of a partition (given, or drawn) and its other replicas;
+    /// Err says why there are none.
+    async fn replicas_of(&mut self, part: Option<i32>) -> Result<(u32, Vec<u32>), String> {
+        let partition = part.unwrap_or_else(|| self.draw.value(0..self.partitions));
+        let driver = self
+            .cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .driver();
+        let topic = self.topic.clone();
+        let layout = blocking(move || driver.layout(&topic, Duration::from_secs(5)))
+            .await
+            .map_err(|e| format!("no layout of partition {partition}: {e}"))?;
+        let leader = layout
+            .leaders
+            .get(&partition)
+            .copied()
+            .filter(|l| *l >= 0)
+            .ok_or_else(|| format!("partition {partition} has no leader now"))?;
+        let followers: Vec<u32> = layout
+            .replicas
+            .get(&partition)
+            .into_iter()
+            .flatten()
+            .filter(|r| **r != leader)
+            .map(|r| *r as u32)
+            .collect();
+        if followers.is_empty() {
+            return Err(format!("partition {partition} has no follower"));
+        }
+        Ok((leader as u32, followers))
+    }
+
     /// A due fault that had nothing to act on: recorded, so that a plan
     /// fault that never acts leaves the verdict unknown.
     fn skipped(&self, p: &Planned, reason: String) {
@@ -345,6 +378,13 @@ impl Nemesis {
                         }
                         Shape::Isolate(leader)
                     }
+                    Shape::LeaderFromFollowers(part) => match self.replicas_of(*part).await {
+                        Ok((leader, followers)) => Shape::Apart(vec![leader], followers),
+                        Err(why) => {
+                            self.skipped(p, why);
+                            return Ok(());
+                        }
+                    },
                     other => other.clone(),
                 };
                 network::cut(&shape, &all, *clients, &mut self.draw)

@@ -101,7 +101,20 @@ fn between(groups: Vec<Vec<u32>>, nodes: &[u32]) -> Cut {
 pub fn cut(shape: &Shape, nodes: &[u32], clients: bool, draw: &mut Draw) -> Cut {
     let n = nodes.len();
     let mut c = match shape {
-        Shape::IsolateLeader(_) => between(vec![nodes.to_vec()], nodes),
+        // Resolved at run time (into Isolate and Apart); nothing to cut
+        // without the leader.
+        Shape::IsolateLeader(_) | Shape::LeaderFromFollowers(_) => {
+            between(vec![nodes.to_vec()], nodes)
+        }
+        Shape::Apart(a, b) => {
+            let rest: Vec<u32> = nodes
+                .iter()
+                .copied()
+                .filter(|x| !a.contains(x) && !b.contains(x))
+                .collect();
+            let side = |s: &[u32]| [s, &rest[..]].concat();
+            between(vec![side(a), side(b)], nodes)
+        }
         Shape::Isolate(ids) => {
             let rest: Vec<u32> = nodes.iter().copied().filter(|x| !ids.contains(x)).collect();
             between(vec![ids.clone(), rest], nodes)
@@ -170,7 +183,7 @@ pub fn cut(shape: &Shape, nodes: &[u32], clients: bool, draw: &mut Draw) -> Cut 
     if clients {
         // The clients lose the isolated nodes, or else the smaller side.
         c.clients = match shape {
-            Shape::Isolate(ids) => ids.clone(),
+            Shape::Isolate(ids) | Shape::Apart(ids, _) => ids.clone(),
             _ if c.groups.len() >= 2 => c
                 .groups
                 .iter()
@@ -301,6 +314,26 @@ pub fn heal(id: u32) -> Result<(), NemesisError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apart_cuts_only_the_links_between_its_two_sides() {
+        let nodes = [1, 2, 3, 4, 5];
+        let shape = Shape::Apart(vec![1], vec![2, 3]);
+        let c = cut(&shape, &nodes, false, &mut Draw::new(1, "t"));
+        let want: BTreeSet<(u32, u32)> = [(1, 2), (2, 1), (1, 3), (3, 1)].into();
+        assert_eq!(c.pairs, want, "nodes 4 and 5 keep every link");
+        let c = cut(&shape, &nodes, true, &mut Draw::new(1, "t"));
+        assert_eq!(c.clients, vec![1], "with clients: the leader's side");
+        assert!(Shape::Apart(vec![1], vec![])
+            .cuts_nothing(5, false)
+            .is_some());
+        assert!(Shape::LeaderFromFollowers(None)
+            .cuts_nothing(1, false)
+            .is_some());
+        assert!(Shape::LeaderFromFollowers(None)
+            .cuts_nothing(3, false)
+            .is_none());
+    }
 
     const NODES: [u32; 5] = [1, 2, 3, 4, 5];
 

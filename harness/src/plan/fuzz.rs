@@ -124,6 +124,7 @@ const WORDS: &[&str] = &[
     "random",
     "nodes:1,3",
     "isolate-leader",
+    "leader-from-followers:0",
     "majorities-ring",
     "bridge",
     "halves",

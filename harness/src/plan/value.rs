@@ -249,6 +249,14 @@ pub enum Shape {
     Bridge,
     /// A cannot reach B; B reaches A (drawn when not given).
     OneWay(Option<(u32, u32)>),
+    /// The leader of a partition (given, or drawn) cut off from that
+    /// partition's other replicas only; every other link stays (with a
+    /// cluster larger than the replica set, the controllers still reach
+    /// everyone). Resolved at run time into `Apart`.
+    LeaderFromFollowers(Option<i32>),
+    /// These nodes cannot reach those, both ways; no other link is cut
+    /// (the resolved form of `LeaderFromFollowers`).
+    Apart(Vec<u32>, Vec<u32>),
 }
 
 impl Shape {
@@ -256,7 +264,12 @@ impl Shape {
     /// `clients`) the clients off a node (None: it cuts something).
     /// `network::cut` is tested to agree.
     pub fn cuts_nothing(&self, nodes: u32, clients: bool) -> Option<String> {
-        if clients && matches!(self, Shape::Isolate(_) | Shape::IsolateLeader(_)) {
+        if clients
+            && matches!(
+                self,
+                Shape::Isolate(_) | Shape::IsolateLeader(_) | Shape::LeaderFromFollowers(_)
+            )
+        {
             return None;
         }
         let need = |min: u32, what: &str| {
@@ -265,6 +278,10 @@ impl Shape {
         };
         match self {
             Shape::IsolateLeader(_) => need(2, "isolating the leader"),
+            Shape::LeaderFromFollowers(_) => need(2, "cutting the leader from its followers"),
+            Shape::Apart(a, b) => {
+                (a.is_empty() || b.is_empty()).then(|| "one side of the cut is empty".to_string())
+            }
             Shape::Halves => need(2, "halves"),
             Shape::Bridge => need(3, "a bridge"),
             Shape::MajoritiesRing => need(4, "majorities-ring"),
@@ -297,18 +314,23 @@ pub fn parse_shape(s: &str, nodes: u32) -> Result<Shape, String> {
     };
     match s.trim() {
         "isolate-leader" => Ok(Shape::IsolateLeader(None)),
+        "leader-from-followers" => Ok(Shape::LeaderFromFollowers(None)),
         "halves" => Ok(Shape::Halves),
         "majorities-ring" => Ok(Shape::MajoritiesRing),
         "bridge" => Ok(Shape::Bridge),
         "one-way" => Ok(Shape::OneWay(None)),
         t => {
-            if let Some(p) = t.strip_prefix("isolate-leader:") {
-                let p: i32 = p
-                    .parse()
+            let partition = |p: &str| -> Result<i32, String> {
+                p.parse()
                     .ok()
                     .filter(|p| *p >= 0)
-                    .ok_or_else(|| format!("invalid partition number in {s:?}"))?;
-                return Ok(Shape::IsolateLeader(Some(p)));
+                    .ok_or_else(|| format!("invalid partition number in {s:?}"))
+            };
+            if let Some(p) = t.strip_prefix("isolate-leader:") {
+                return Ok(Shape::IsolateLeader(Some(partition(p)?)));
+            }
+            if let Some(p) = t.strip_prefix("leader-from-followers:") {
+                return Ok(Shape::LeaderFromFollowers(Some(partition(p)?)));
             }
             if let Some(list) = t.strip_prefix("isolate:") {
                 let ids = list.split(',').map(id).collect::<Result<Vec<_>, _>>()?;
@@ -320,7 +342,7 @@ pub fn parse_shape(s: &str, nodes: u32) -> Result<Shape, String> {
                     .ok_or_else(|| format!("one-way takes A>B, e.g. one-way:1>2, not {s:?}"))?;
                 return Ok(Shape::OneWay(Some((id(a)?, id(b)?))));
             }
-            Err(format!("unknown partition {s:?}: use isolate-leader, isolate:1,2, halves, majorities-ring, bridge, one-way or one-way:1>2"))
+            Err(format!("unknown partition {s:?}: use isolate-leader, isolate:1,2, leader-from-followers, halves, majorities-ring, bridge, one-way or one-way:1>2"))
         }
     }
 }
