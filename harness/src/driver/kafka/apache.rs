@@ -113,12 +113,11 @@ pub fn jars(version: &str) -> Result<PathBuf, DriverError> {
         .output()
         .map_err(|e| io("run mvn for", &pom, e))?;
     if !out.status.success() {
-        let text = String::from_utf8_lossy(&out.stdout);
-        let tail: Vec<&str> = text.lines().rev().take(8).collect();
+        let _ = std::fs::remove_dir_all(&dir);
         return Err(DriverError::Recipe(format!(
             "fetching Apache Kafka {version} from Maven Central failed (is {version} a \
-             released version?): {}",
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+             released version? is Maven Central reachable?): {}",
+            maven_error(&String::from_utf8_lossy(&out.stdout))
         )));
     }
     let _ = std::fs::remove_dir_all(&libs);
@@ -126,6 +125,33 @@ pub fn jars(version: &str) -> Result<PathBuf, DriverError> {
     let mut f = std::fs::File::create(&done).map_err(|e| io("create", &done, e))?;
     let _ = writeln!(f, "org.apache.kafka:kafka_2.13:{version}");
     Ok(libs)
+}
+
+/// The first error line of Maven's output, without colours and boilerplate.
+fn maven_error(output: &str) -> String {
+    let plain: String = {
+        let mut out = String::new();
+        let mut chars = output.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // An ANSI colour sequence: ESC [ ... m
+                for d in chars.by_ref() {
+                    if d == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    plain
+        .lines()
+        .map(|l| l.trim_start_matches("[ERROR]").trim())
+        .find(|l| !l.is_empty())
+        .unwrap_or("mvn failed without a message")
+        .to_string()
 }
 
 /// A pom whose runtime dependencies are one Kafka release (and a logger).
@@ -269,6 +295,17 @@ mod tests {
         assert!(p.contains("controller.quorum.voters={peer_addrs}"), "{p}");
         // Kafka's defaults stay Kafka's: no flush unless the plan asks.
         assert!(!server_properties(&spec(&[], &[])).contains("flush"));
+    }
+
+    #[test]
+    fn a_maven_failure_is_told_by_its_first_error_line() {
+        let out = "\u{1b}[0m\u{1b}[0m[ERROR] Failed to execute goal on project kafka-4.9.9: \
+                   Could not resolve dependencies\n[ERROR] \n[ERROR] To see the full stack trace";
+        assert_eq!(
+            maven_error(out),
+            "Failed to execute goal on project kafka-4.9.9: Could not resolve dependencies"
+        );
+        assert_eq!(maven_error(""), "mvn failed without a message");
     }
 
     #[test]
