@@ -31,11 +31,14 @@ pub enum Anomaly {
     Skipped,
     /// A consumer's offsets go backwards without a restart or rebalance.
     NonmonotonicPoll,
+    /// A commit the broker acknowledged is no longer in effect at the end:
+    /// the group's committed offset is below it.
+    LostCommit,
 }
 
 impl Anomaly {
     /// Every anomaly, in report order.
-    pub const ALL: [Anomaly; 10] = [
+    pub const ALL: [Anomaly; 11] = [
         Anomaly::Lost,
         Anomaly::Unreadable,
         Anomaly::Unexpected,
@@ -46,6 +49,7 @@ impl Anomaly {
         Anomaly::Reordered,
         Anomaly::Skipped,
         Anomaly::NonmonotonicPoll,
+        Anomaly::LostCommit,
     ];
 
     /// Whether the anomaly fails a run unless the plan says otherwise.
@@ -69,6 +73,7 @@ impl Anomaly {
             Anomaly::Reordered => "reordered",
             Anomaly::Skipped => "skipped",
             Anomaly::NonmonotonicPoll => "nonmonotonic-poll",
+            Anomaly::LostCommit => "lost-commit",
         }
     }
 

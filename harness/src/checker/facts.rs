@@ -118,6 +118,10 @@ pub struct Facts {
     pub delivered_total: u64,
     /// Highest committed offset per partition.
     pub committed: BTreeMap<i32, i64>,
+    /// Highest commit a consumer had acknowledged, per partition.
+    pub acked_commits: BTreeMap<i32, i64>,
+    /// The group's committed offsets read after the heal, if they were.
+    pub final_committed: Option<BTreeMap<i32, i64>>,
     pub faults: Vec<FaultWindow>,
     /// Leader changes: (time, partition, leader).
     pub leaders: Vec<(u64, i32, i32)>,
@@ -293,6 +297,15 @@ impl Facts {
         self.tick();
         let c = self.committed.entry(p).or_insert(o);
         *c = (*c).max(o);
+        let a = self.acked_commits.entry(p).or_insert(o);
+        *a = (*a).max(o);
+    }
+
+    fn on_group_committed(&mut self, p: i32, o: i64) {
+        self.tick();
+        let c = self.committed.entry(p).or_insert(o);
+        *c = (*c).max(o);
+        self.final_committed.get_or_insert_default().insert(p, o);
     }
 
     /// Folds one event in.
@@ -318,6 +331,9 @@ impl Facts {
                 value,
             } => self.on_drain(&value, partition, offset),
             EventKind::Commit { partition, offset } => self.on_commit(partition, offset),
+            EventKind::GroupCommitted { partition, offset } => {
+                self.on_group_committed(partition, offset);
+            }
             EventKind::ReplicaRead {
                 partition,
                 offset,

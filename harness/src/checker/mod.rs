@@ -20,6 +20,7 @@ pub mod duplicated;
 pub mod facts;
 pub mod inconsistent_offset;
 pub mod lost;
+pub mod lost_commit;
 pub mod nonmonotonic_poll;
 pub mod recovered;
 pub mod redelivered;
@@ -204,6 +205,7 @@ pub fn evaluate(f: &Facts, expect: &BTreeMap<Anomaly, Expect>) -> Outcome {
     found.insert(Anomaly::Reordered, reordered::check(f));
     found.insert(Anomaly::Skipped, skipped::check(f));
     found.insert(Anomaly::NonmonotonicPoll, nonmonotonic_poll::check(f));
+    found.insert(Anomaly::LostCommit, lost_commit::check(f));
     let counts: BTreeMap<Anomaly, u64> = found.iter().map(|(a, v)| (*a, v.len() as u64)).collect();
     let mut duplicates_by_cause = BTreeMap::new();
     for d in &dups {
@@ -239,6 +241,7 @@ pub fn evaluate(f: &Facts, expect: &BTreeMap<Anomaly, Expect>) -> Outcome {
             Anomaly::InconsistentOffset,
             Anomaly::NonmonotonicPoll,
             Anomaly::Reordered,
+            Anomaly::LostCommit,
         ]
         .iter()
         .any(|a| counts[a] > 0);

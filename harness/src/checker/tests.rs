@@ -300,6 +300,45 @@ fn skipped_below_the_committed_offset() {
 }
 
 #[test]
+fn lost_commit_when_the_group_ends_below_an_acknowledged_commit() {
+    let commit = |partition, offset| EventKind::Commit { partition, offset };
+    let end = |partition, offset| EventKind::GroupCommitted { partition, offset };
+    let run = |finals: &[(i32, i64)]| {
+        let mut h = H::new(5);
+        for i in 0..4 {
+            h.ok(&format!("p0-{i}"), 0, i).ok(&format!("p1-{i}"), 1, i);
+        }
+        for i in 0..4 {
+            h.deliver("c0#1", &format!("p0-{i}"), 0, i)
+                .deliver("c0#1", &format!("p1-{i}"), 1, i);
+        }
+        h.ev("c0#1", commit(0, 2)).ev("c0#1", commit(0, 4));
+        h.ev("c0#1", commit(1, 4));
+        for &(p, o) in finals {
+            h.ev("group", end(p, o));
+        }
+        for i in 0..4 {
+            h.drain(&format!("p0-{i}"), 0, i)
+                .drain(&format!("p1-{i}"), 1, i);
+        }
+        h.done()
+    };
+    // The broker kept both commits (and the later, higher one counts).
+    only(&run(&[(0, 4), (1, 4)]), Anomaly::LostCommit, 0);
+    // Partition 0 went back to an older commit; partition 1 has none.
+    let o = run(&[(0, 2)]);
+    only(&o, Anomaly::LostCommit, 2);
+    assert_eq!(
+        o.examples[&Anomaly::LostCommit][0],
+        "partition 0: a commit at offset 4 was acknowledged; the group's committed offset at the end is 2"
+    );
+    assert!(o.examples[&Anomaly::LostCommit][1].contains("no committed offset"));
+    assert_eq!(o.verdict, Verdict::Invalid);
+    // Not read at the end: not checked.
+    only(&run(&[]), Anomaly::LostCommit, 0);
+}
+
+#[test]
 fn nonmonotonic_poll_unless_reassigned() {
     let mut h = H::new(5);
     h.ok("p0-0", 0, 0).ok("p0-1", 0, 1);

@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::events::{Counts, Events, RunEventKind};
 use crate::history::{EventKind, History};
 use crate::nemesis::{schedule, Nemesis};
-use crate::plan::{CommitPolicy, Plan};
+use crate::plan::Plan;
 use crate::workload::consumer::{self, ConsumerJob, Consumers};
 use crate::workload::producer::{self, ProducerJob};
 use crate::workload::Status;
@@ -212,7 +212,8 @@ async fn progress(
 /// Heals every fault before the consumers stop (a consumer committing or
 /// leaving the group against a dead or cut-off coordinator blocks until
 /// it is back), waits for leaders, and records the group's committed
-/// positions where the commit policy hides them.
+/// positions as the broker has them (checked against the acknowledged
+/// commits: `lost-commit`; with auto-commit, the only record of them).
 pub async fn heal(run: &Run<'_>, up: &Up, worked: Worked) -> Result<(), Error> {
     let Worked {
         mut nemesis,
@@ -229,7 +230,7 @@ pub async fn heal(run: &Run<'_>, up: &Up, worked: Worked) -> Result<(), Error> {
     if let Err(e) = wait_for_leaders(&up.driver, &topic.name, topic.partitions, LEADERS).await {
         run.note(format!("after the heal: {e}"));
     }
-    if run.plan.consumers.count > 0 && run.plan.consumers.commit == CommitPolicy::Auto {
+    if run.plan.consumers.count > 0 {
         blocking(move || consumer::record_committed(&consumer_job)).await?;
     }
     Ok(())

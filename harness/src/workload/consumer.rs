@@ -247,7 +247,7 @@ pub fn record_committed(job: &ConsumerJob) {
         Ok(positions) => {
             for (partition, offset) in positions {
                 job.history
-                    .record("group", EventKind::Commit { partition, offset });
+                    .record("group", EventKind::GroupCommitted { partition, offset });
             }
         }
         Err(e) => job.history.record(
