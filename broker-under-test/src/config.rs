@@ -113,6 +113,10 @@ pub struct Args {
     /// through this broker.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub unclean_leader_election: Option<bool>,
+    /// Run with this deliberate bug (`list` prints them); only in a build
+    /// with the `bugs` feature, for the harness's negative controls.
+    #[arg(long)]
+    pub bug: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,6 +12,7 @@
 #![warn(clippy::too_many_lines)]
 
 pub mod alloc;
+pub mod bugs;
 pub mod config;
 pub mod controller;
 pub mod coordinator;

@@ -17,7 +17,22 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .init();
-    let config = match Config::from_args(Args::parse()) {
+    let mut args = Args::parse();
+    match args.bug.take().as_deref() {
+        Some("list") => {
+            print!("{}", unlost_broker::bugs::list());
+            std::process::exit(0);
+        }
+        Some(name) => match unlost_broker::bugs::select(name) {
+            Ok(_) => tracing::warn!("running with the deliberate bug {name}"),
+            Err(e) => {
+                eprintln!("unlost-broker: {e}");
+                std::process::exit(2);
+            }
+        },
+        None => {}
+    }
+    let config = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("unlost-broker: {e}");

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
+use crate::bugs::{self, Bug};
 use crate::config::FlushPolicy;
 use crate::storage::batch::BatchHeader;
 use crate::storage::epochs::EpochCache;
@@ -337,7 +338,7 @@ impl Partition {
             .fetch_add(messages, Ordering::Relaxed)
             + messages;
         match self.policy {
-            FlushPolicy::Always => self.flush_needed.notify_one(),
+            FlushPolicy::Always if !bugs::on(Bug::AckBeforeFsync) => self.flush_needed.notify_one(),
             FlushPolicy::Messages(n) if unflushed >= n => self.flush_needed.notify_one(),
             _ => {}
         }
@@ -523,7 +524,9 @@ impl Partition {
         let mut hw = end;
         for r in l.isr.iter().filter(|&&r| r != me) {
             let f_end = l.followers.get(r).map_or(-1, |f| f.log_end);
-            hw = hw.min(f_end);
+            if !bugs::on(Bug::HwIgnoresIsr) {
+                hw = hw.min(f_end);
+            }
         }
         let isr_size = l.isr.len();
         drop(role);
@@ -608,7 +611,9 @@ async fn flush_task(partition: Weak<Partition>) {
         };
         let flush_now = tokio::select! {
             _ = p.flush_needed.notified() => true,
-            _ = tokio::time::sleep(tick) => matches!(p.policy, FlushPolicy::Interval(_)),
+            _ = tokio::time::sleep(tick) => {
+                matches!(p.policy, FlushPolicy::Interval(_)) || bugs::on(Bug::AckBeforeFsync)
+            }
         };
         if !flush_now {
             continue;

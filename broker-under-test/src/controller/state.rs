@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bugs::{self, Bug};
 use crate::storage::offsets::Committed;
 
 /// A registered broker.
@@ -275,7 +276,7 @@ impl ClusterState {
             .map(|(&id, _)| id)
             .collect();
         for t in self.topics.values_mut() {
-            let unclean = t.config.unclean_leader_election;
+            let unclean = t.config.unclean_leader_election || bugs::on(Bug::ElectOutsideIsr);
             for p in &mut t.partitions {
                 if p.leader >= 0 && live.contains(&p.leader) {
                     continue;

@@ -24,6 +24,7 @@ use super::batch::BatchHeader;
 use super::error::StorageError;
 use super::producers::{Check, ProducerStates};
 use super::segment::{ScanEnd, Segment};
+use crate::bugs::{self, Bug};
 
 /// Tunables of one log.
 #[derive(Debug, Clone, Copy)]
@@ -114,6 +115,11 @@ impl PartitionLog {
                 ScanEnd::TornTail {
                     position, bytes, ..
                 } if newest => {
+                    let position = if bugs::on(Bug::TornTailDropsSegment) {
+                        0
+                    } else {
+                        position
+                    };
                     seg.truncate(position, seg.next_offset)?;
                     seg.sync()?;
                     recovery.truncated_bytes += bytes;
@@ -297,7 +303,9 @@ impl PartitionLog {
     /// Starts a new segment at the log end; the old one is fsynced first so
     /// only the active segment can hold unsynced data.
     fn roll(&mut self) -> Result<(), StorageError> {
-        self.active().sync()?;
+        if !bugs::on(Bug::RollWithoutFsync) {
+            self.active().sync()?;
+        }
         let base = self.log_end();
         let seg = Segment::create(&self.dir, base, self.config.index_interval)?;
         self.segments.insert(base, seg);

@@ -9,6 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::batch::BatchHeader;
+use crate::bugs::{self, Bug};
 
 /// Batches remembered per producer (Kafka's max in-flight for idempotence).
 pub const WINDOW: usize = 5;
@@ -61,7 +62,7 @@ fn last_seq(h: &BatchHeader) -> i32 {
 impl ProducerStates {
     /// Decides about a batch (no change to the state).
     pub fn check(&self, h: &BatchHeader) -> Check {
-        if !is_idempotent(h) {
+        if !is_idempotent(h) || bugs::on(Bug::SequenceNotChecked) {
             return Check::Append;
         }
         let Some(e) = self.map.get(&h.producer_id) else {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, NodeState};
 use crate::draw::Draw;
 use crate::history::{EventKind, History};
 use crate::plan::value::Shape;
@@ -168,11 +168,16 @@ impl Nemesis {
             Target::Majority => (subset(&mut self.draw, n / 2 + 1), "majority".into()),
             Target::Leader(p) | Target::Follower(p) => {
                 let partition = p.unwrap_or_else(|| self.draw.value(0..self.partitions));
-                let driver = self
-                    .cluster
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .driver();
+                let (driver, running) = {
+                    let c = self.cluster.lock().unwrap_or_else(|e| e.into_inner());
+                    let running: BTreeSet<u32> = c
+                        .nodes
+                        .iter()
+                        .filter(|n| n.state == NodeState::Running)
+                        .map(|n| n.id)
+                        .collect();
+                    (c.driver(), running)
+                };
                 let topic = self.topic.clone();
                 let layout = blocking(move || driver.layout(&topic, Duration::from_secs(5))).await;
                 let leader = layout
@@ -192,9 +197,15 @@ impl Nemesis {
                             .into_iter()
                             .filter(|r| *r != l)
                             .map(|r| r as u32)
+                            // A follower a fault can still act on: not one
+                            // that another fault holds down or paused.
+                            .filter(|r| running.contains(r))
                             .collect();
                         if followers.is_empty() {
-                            (Vec::new(), format!("no follower of partition {partition}"))
+                            (
+                                Vec::new(),
+                                format!("no running follower of partition {partition}"),
+                            )
                         } else {
                             let i = self.draw.value(0..followers.len());
                             (

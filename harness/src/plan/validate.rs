@@ -283,7 +283,7 @@ fn kafka_settings(
 /// unlost-broker's settings.
 fn builtin_settings(ctx: &Ctx, settings: &BTreeMap<String, String>) -> Result<(), PlanError> {
     const BUILTIN_SETTINGS: &str =
-        "flush, segment_bytes, replica_lag_ms, broker_lease_ms, unclean_leader_election";
+        "flush, segment_bytes, replica_lag_ms, broker_lease_ms, unclean_leader_election, bug";
     for (k, v) in settings {
         let path = format!("cluster.settings.{k}");
         match k.as_str() {
@@ -321,6 +321,19 @@ fn builtin_settings(ctx: &Ctx, settings: &BTreeMap<String, String>) -> Result<()
                     return Err(ctx.err(
                         &path,
                         format!("invalid unclean_leader_election {v:?}: true or false"),
+                    ));
+                }
+            }
+            // A deliberate bug of a broker built with `--features bugs`
+            // (plans/teeth); the broker itself refuses names it lacks.
+            "bug" => {
+                let ok = !v.is_empty()
+                    && v.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                if !ok {
+                    return Err(ctx.err(
+                        &path,
+                        format!("invalid bug {v:?}: a bug's name, such as ack-before-fsync (unlost-broker --bug list)"),
                     ));
                 }
             }

@@ -13,6 +13,7 @@ use kafka_protocol::ResponseError;
 use tokio::time::Instant;
 
 use super::{code, encode, leader_replica, local_replica, Reply};
+use crate::bugs::{self, Bug};
 use crate::server::Broker;
 use crate::storage::StorageError;
 
@@ -100,7 +101,7 @@ fn read_all(broker: &Broker, req: &FetchRequest) -> (FetchResponse, usize, bool)
                 // The first partition may exceed the budget by one batch (KIP-74).
                 let max = if total == 0 { max.max(1) } else { max };
                 // Replicas read up to the log end; consumers below the high watermark.
-                let below = if replica_id == -1 {
+                let below = if replica_id == -1 && !bugs::on(Bug::FetchAboveHw) {
                     progress.high_watermark
                 } else {
                     progress.log_end

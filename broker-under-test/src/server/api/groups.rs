@@ -14,6 +14,7 @@ use kafka_protocol::ResponseError;
 
 use super::membership::not_coordinator;
 use super::{code, encode, ready, Body, Reply};
+use crate::bugs::{self, Bug};
 use crate::controller::state::{Command, Reply as ControllerReply};
 use crate::server::Broker;
 use crate::storage::offsets::Committed;
@@ -115,6 +116,9 @@ pub fn offset_commit(broker: &Arc<Broker>, req: OffsetCommitRequest, version: i1
         );
     }
     let mut resp = OffsetCommitResponse::default().with_topics(topics);
+    if bugs::on(Bug::CommitFirstPartitionOnly) {
+        entries.truncate(1);
+    }
     if entries.is_empty() {
         return ready(encode(&resp, version));
     }
@@ -237,7 +241,9 @@ pub async fn offset_fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, version
                             .map(|(p, c)| {
                                 OffsetFetchResponsePartition::default()
                                     .with_partition_index(*p)
-                                    .with_committed_offset(c.offset)
+                                    .with_committed_offset(
+                                        c.offset + i64::from(bugs::on(Bug::OffsetFetchPlusOne)),
+                                    )
                                     .with_committed_leader_epoch(c.leader_epoch)
                                     .with_metadata(meta(c))
                             })
@@ -267,7 +273,9 @@ pub async fn offset_fetch(broker: &Arc<Broker>, req: OffsetFetchRequest, version
                                 .map(|(p, c)| {
                                     OffsetFetchResponsePartitions::default()
                                         .with_partition_index(*p)
-                                        .with_committed_offset(c.offset)
+                                        .with_committed_offset(
+                                            c.offset + i64::from(bugs::on(Bug::OffsetFetchPlusOne)),
+                                        )
                                         .with_committed_leader_epoch(c.leader_epoch)
                                         .with_metadata(meta(c))
                                 })

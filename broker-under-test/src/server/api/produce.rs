@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{code, encode, leader_replica, ready, Reply};
+use crate::bugs::{self, Bug};
 use crate::config::FlushPolicy;
 use crate::partition::Partition;
 use crate::server::Broker;
@@ -63,7 +64,7 @@ fn append_one(
         .read(|s| s.topics.get(topic).map(|t| t.config.min_insync_replicas))
         .unwrap_or(1);
     let progress = p.progress();
-    if acks == -1 && (progress.isr_size as i32) < min_isr {
+    if acks == -1 && (progress.isr_size as i32) < min_isr && !bugs::on(Bug::MinIsrNotEnforced) {
         return Err(Failure(
             ResponseError::NotEnoughReplicas,
             format!(
@@ -107,7 +108,7 @@ fn append_one(
 /// min.insync.replicas.
 async fn wait_acks(pending: &Pending, acks: i16, deadline: Instant) -> Result<(), Failure> {
     let p = &pending.partition;
-    if p.policy() == FlushPolicy::Always {
+    if p.policy() == FlushPolicy::Always && !bugs::on(Bug::AckBeforeFsync) {
         match tokio::time::timeout_at(deadline, p.wait_durable(pending.end)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Failure(ResponseError::KafkaStorageError, e)),
@@ -160,7 +161,7 @@ async fn wait_acks(pending: &Pending, acks: i16, deadline: Instant) -> Result<()
             "leadership changed before the ISR had the batch".into(),
         ));
     }
-    if (pr.isr_size as i32) < pending.min_isr {
+    if (pr.isr_size as i32) < pending.min_isr && !bugs::on(Bug::MinIsrNotEnforced) {
         return Err(Failure(
             ResponseError::NotEnoughReplicasAfterAppend,
             format!(
