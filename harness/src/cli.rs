@@ -1,4 +1,4 @@
-//! The command line: `unlost run | check | validate | doctor`.
+//! The command line: `unlost run | check | report | suite | explore | validate | doctor`.
 //! Parses arguments, calls the library, returns the exit code.
 
 use std::path::PathBuf;
@@ -66,6 +66,28 @@ pub enum Command {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10000))]
         repeat: u32,
     },
+    /// Search fault schedules from a template (a plan with an explore:
+    /// section): run drawn plans until one fails, confirm it, shrink it to
+    /// a minimal plan (minimal.yaml in the output dir).
+    Explore {
+        template: PathBuf,
+        /// Stop searching and shrinking after this long, e.g. 30m.
+        #[arg(long, value_parser = parse_duration, default_value = "30m")]
+        budget: Duration,
+        /// Most plans drawn while searching.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100000))]
+        runs: u32,
+        /// Seed of the draws (default: random; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Runs of a failing plan to confirm it, and of each shrink
+        /// candidate (kept when one of them fails).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=20))]
+        confirm: u32,
+        /// Output dir (default: explore/<time>-<template name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Check plans without running anything.
     Validate {
         #[arg(required = true)]
@@ -118,6 +140,14 @@ pub fn main(cli: Cli) -> i32 {
                 repeat,
             },
         ),
+        Command::Explore {
+            template,
+            budget,
+            runs,
+            seed,
+            confirm,
+            out,
+        } => cmd_explore(template, budget, runs, seed, confirm, out),
         Command::Validate { plans } => cmd_validate(plans),
         Command::Doctor => Ok(crate::doctor::report()),
     };
@@ -188,6 +218,44 @@ fn cmd_suite(args: Vec<PathBuf>, opts: crate::suite::SuiteOptions) -> Result<i32
     }
     crate::sandbox::enter()?;
     crate::suite::run_suite(&plans, &opts, &runtime()?)
+}
+
+fn cmd_explore(
+    template: PathBuf,
+    budget: Duration,
+    runs: u32,
+    seed: Option<u64>,
+    confirm: u32,
+    out: Option<PathBuf>,
+) -> Result<i32, Error> {
+    let space = crate::explore::Space::load(&template)?;
+    let seed = seed.unwrap_or_else(run::fresh_seed);
+    let out = out.unwrap_or_else(|| {
+        let stem = template
+            .file_stem()
+            .map_or("template".into(), |s| s.to_string_lossy().to_string());
+        PathBuf::from("explore").join(format!("{}-{stem}", run::stamp()))
+    });
+    eprintln!(
+        "unlost: explore {} seed {seed}, output in {}",
+        template.display(),
+        out.display()
+    );
+    crate::sandbox::enter()?;
+    let opts = crate::explore::ExploreOptions {
+        budget,
+        runs,
+        seed,
+        confirm,
+        out,
+    };
+    let found = crate::explore::explore(&space, &opts, &runtime()?)?;
+    print!("{}", found.summary);
+    Ok(if found.failed {
+        exit::NOT_MET
+    } else {
+        exit::MET
+    })
 }
 
 fn cmd_report(dir: PathBuf) -> Result<i32, Error> {

@@ -18,6 +18,7 @@ pub mod driver;
 pub mod error;
 pub mod events;
 pub mod exit;
+pub mod explore;
 pub mod history;
 pub mod lazyfs;
 pub mod nemesis;

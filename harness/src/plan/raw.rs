@@ -87,6 +87,9 @@ pub struct RawPlan {
     pub expect: UniqueMap<Scalar>,
     #[serde(default)]
     pub drain: RawDrain,
+    /// A template's search space (`unlost explore`); a run ignores it.
+    #[serde(default)]
+    pub explore: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

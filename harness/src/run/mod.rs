@@ -48,7 +48,8 @@ pub fn fresh_seed() -> u64 {
     (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32)
 }
 
-fn run_dir(out: &Path, plan: &str) -> Result<PathBuf, Error> {
+/// The UTC time now as `YYYYMMDDTHHMMSS` (run dir names).
+pub fn stamp() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -64,12 +65,16 @@ fn run_dir(out: &Path, plan: &str) -> Result<PathBuf, Error> {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let stamp = format!(
+    format!(
         "{year:04}{month:02}{day:02}T{:02}{:02}{:02}",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
-    );
+    )
+}
+
+fn run_dir(out: &Path, plan: &str) -> Result<PathBuf, Error> {
+    let stamp = stamp();
     let mut dir = out.join(format!("{stamp}-{plan}"));
     let mut n = 1;
     while dir.exists() {
