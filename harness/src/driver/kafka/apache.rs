@@ -3,19 +3,18 @@
 //!
 //! The jars come from Maven Central (`org.apache.kafka:kafka_2.13` and its
 //! runtime dependencies, through `mvn dependency:copy-dependencies`) into
-//! a per-version cache, once; no tarball. Each node gets a
+//! the per-version release cache (`driver::cache`), once; no tarball. Each node gets a
 //! server.properties from the plan (listeners on its own address, its
 //! data dir as `log.dirs`, a static controller quorum of every node) and
 //! its storage is formatted with the run's cluster id before its first
 //! start (Kafka's StorageTool); a restart finds it formatted. The client
 //! side is the Kafka driver every Kafka-API broker uses.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use super::super::{DriverError, NodeRecipe, Protocol};
+use super::super::{cache, DriverError, NodeRecipe, Protocol};
 use crate::plan::{kafka as names, ClusterSpec, Readiness};
 
 /// The release a plan gets when it names none.
@@ -36,19 +35,6 @@ const JVM: &[&str] = &[
     "-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS",
 ];
 
-/// Where fetched releases are kept: $UNLOST_CACHE, else
-/// $XDG_CACHE_HOME/unlost, else ~/.cache/unlost.
-pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("UNLOST_CACHE") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("unlost");
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-    home.join(".cache").join("unlost")
-}
-
 /// The java launcher: $JAVA_HOME/bin/java, else java on PATH.
 pub fn java() -> Result<PathBuf, DriverError> {
     if let Some(home) = std::env::var_os("JAVA_HOME") {
@@ -57,74 +43,44 @@ pub fn java() -> Result<PathBuf, DriverError> {
             return Ok(p);
         }
     }
-    on_path("java").ok_or_else(|| DriverError::Missing {
+    cache::on_path("java").ok_or_else(|| DriverError::Missing {
         what: "java (Kafka 4 needs Java 17 or later) for broker: kafka".into(),
         hint: "apt-get install openjdk-17-jre-headless (ci/test does), or set JAVA_HOME".into(),
     })
 }
 
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
 /// The jar directory of Kafka `version`, fetched from Maven Central when
-/// it is not cached yet (several runs at once fetch it once: a lock file).
+/// it is not cached yet (`driver::cache`).
 pub fn jars(version: &str) -> Result<PathBuf, DriverError> {
-    let dir = cache_dir().join("kafka").join(version);
-    let libs = dir.join("libs");
-    let done = dir.join("complete");
-    if done.is_file() {
-        return Ok(libs);
-    }
-    let io = |what: &str, path: &Path, e: std::io::Error| {
-        DriverError::Recipe(format!("{what} {}: {e}", path.display()))
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
-    let lock_path = dir.join("lock");
-    let lock = std::fs::File::create(&lock_path).map_err(|e| io("create", &lock_path, e))?;
-    lock.lock().map_err(|e| io("lock", &lock_path, e))?;
-    if done.is_file() {
-        return Ok(libs);
-    }
-    let mvn = on_path("mvn").ok_or_else(|| DriverError::Missing {
-        what: format!("Apache Kafka {version}'s jars and Maven (mvn) to fetch them"),
-        hint: "apt-get install maven (ci/test does); the jars are then fetched once into \
-               $UNLOST_CACHE (default ~/.cache/unlost)"
-            .into(),
+    let release = cache::release("kafka", version, |dir| {
+        let mvn = cache::on_path("mvn").ok_or_else(|| DriverError::Missing {
+            what: format!("Apache Kafka {version}'s jars and Maven (mvn) to fetch them"),
+            hint: "apt-get install maven (ci/test does); the jars are then fetched once into \
+                   $UNLOST_CACHE (default ~/.cache/unlost)"
+                .into(),
+        })?;
+        let pom = dir.join("pom.xml");
+        std::fs::write(&pom, pom_xml(version))
+            .map_err(|e| DriverError::Recipe(format!("write {}: {e}", pom.display())))?;
+        let out = Command::new(mvn)
+            .args(["-q", "-B", "-f"])
+            .arg(&pom)
+            .arg("dependency:copy-dependencies")
+            .arg(format!("-DoutputDirectory={}", dir.join("libs").display()))
+            .arg("-DincludeScope=runtime")
+            .output()
+            .map_err(|e| DriverError::Recipe(format!("run mvn: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(DriverError::Recipe(format!(
+                "fetching Apache Kafka {version} from Maven Central failed (is {version} a \
+                 released version? is Maven Central reachable?): {}",
+                maven_error(&String::from_utf8_lossy(&out.stdout))
+            )))
+        }
     })?;
-    eprintln!(
-        "unlost: fetching Apache Kafka {version} from Maven Central into {} (once)",
-        dir.display()
-    );
-    let pom = dir.join("pom.xml");
-    std::fs::write(&pom, pom_xml(version)).map_err(|e| io("write", &pom, e))?;
-    let partial = dir.join("libs.partial");
-    let _ = std::fs::remove_dir_all(&partial);
-    let out = Command::new(mvn)
-        .args(["-q", "-B", "-f"])
-        .arg(&pom)
-        .arg("dependency:copy-dependencies")
-        .arg(format!("-DoutputDirectory={}", partial.display()))
-        .arg("-DincludeScope=runtime")
-        .output()
-        .map_err(|e| io("run mvn for", &pom, e))?;
-    if !out.status.success() {
-        let _ = std::fs::remove_dir_all(&dir);
-        return Err(DriverError::Recipe(format!(
-            "fetching Apache Kafka {version} from Maven Central failed (is {version} a \
-             released version? is Maven Central reachable?): {}",
-            maven_error(&String::from_utf8_lossy(&out.stdout))
-        )));
-    }
-    let _ = std::fs::remove_dir_all(&libs);
-    std::fs::rename(&partial, &libs).map_err(|e| io("rename", &partial, e))?;
-    let mut f = std::fs::File::create(&done).map_err(|e| io("create", &done, e))?;
-    let _ = writeln!(f, "org.apache.kafka:kafka_2.13:{version}");
-    Ok(libs)
+    Ok(release.join("libs"))
 }
 
 /// The first error line of Maven's output, without colours and boilerplate.

