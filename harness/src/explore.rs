@@ -359,44 +359,19 @@ pub fn explore(
         TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
     );
     let strategy = space.strategy();
-    // Search: draw, run; a failure is run again to confirm it; a failure
-    // that does not come back is a flake, and the search goes on.
-    let mut flakes: Vec<(PathBuf, String)> = Vec::new();
-    let mut first = None;
-    for i in 0..opts.runs {
-        if s.over_budget() {
-            break;
-        }
-        let tree = strategy
-            .new_tree(&mut runner)
-            .map_err(|e| Error::Harness(format!("draw a plan: {e}")))?;
-        let draft = tree.current();
-        let seed = opts.seed.wrapping_add(u64::from(i));
-        let path = s.write(&draft, &format!("draw{}", i + 1), seed)?;
-        let t = s.run(&path, "search")?;
-        if !t.failed {
-            continue;
-        }
-        if s.fails(&path, "confirm")?.is_some() {
-            first = Some((tree, path, t, i + 1, s.started.elapsed()));
-            break;
-        }
-        eprintln!(
-            "explore: {} failed once and not again: a flake",
-            path.display()
-        );
-        flakes.push((path, t.run_dir));
-    }
+    let (first, flakes) = search(&mut s, &strategy, &mut runner)?;
     let flake_lines: String = flakes
         .iter()
-        .map(|(p, d)| {
-            format!(
-                "flake: {} failed in {d}, then passed when run again\n",
-                p.display()
-            )
-        })
+        .map(|(p, d)| format!("flake: {} failed in {d}, then passed when run again\n", p.display()))
         .collect();
-    let Some((mut tree, path, t, draw, to_first)) = first else {
+    let Some(Failure {
+        mut tree,
+        path,
+        tried: t,
+        draw,
+        after: to_first,
+    }) = first
+    else {
         let summary = format!(
             "explore {}: seed {}\nno confirmed failure in {} runs ({:.0} s)\n{flake_lines}",
             space.name,
@@ -410,24 +385,8 @@ pub fn explore(
             failed: !flakes.is_empty(),
         });
     };
-    // Shrink: proptest proposes smaller drafts; keep each that still fails.
-    let mut best = (tree.current(), path.clone(), t.clone());
     let shrink_start = Instant::now();
-    let mut steps = 0;
-    while !s.over_budget() && tree.simplify() {
-        steps += 1;
-        let cand = tree.current();
-        let seed = opts.seed.wrapping_add(1000 + steps);
-        let cpath = s.write(&cand, &format!("shrink{steps}"), seed)?;
-        match s.fails(&cpath, "shrink")? {
-            Some(t) => best = (cand, cpath, t),
-            None => {
-                if !tree.complicate() {
-                    break;
-                }
-            }
-        }
-    }
+    let (best, steps) = shrink(&mut s, &mut tree, (path.clone(), t.clone()))?;
     let (best_draft, best_path, best_run) = best;
     let minimal = opts.out.join("minimal.yaml");
     let text = std::fs::read_to_string(&best_path)
@@ -464,6 +423,88 @@ pub fn explore(
         summary,
         failed: true,
     })
+}
+
+/// A confirmed failure of the search, with its value tree for shrinking.
+struct Failure<T> {
+    tree: T,
+    path: PathBuf,
+    tried: Tried,
+    draw: u32,
+    after: Duration,
+}
+
+type Flakes = Vec<(PathBuf, String)>;
+
+/// What the search ends with: a confirmed failure (if any) and the flakes.
+type Searched<T> = (Option<Failure<T>>, Flakes);
+
+/// Draws and runs plans until one fails and fails again (a failure that
+/// does not come back is a flake, and the search goes on).
+fn search<S: Strategy<Value = Draft>>(
+    s: &mut Session,
+    strategy: &S,
+    runner: &mut TestRunner,
+) -> Result<Searched<S::Tree>, Error> {
+    let mut flakes = Vec::new();
+    for i in 0..s.opts.runs {
+        if s.over_budget() {
+            break;
+        }
+        let tree = strategy
+            .new_tree(runner)
+            .map_err(|e| Error::Harness(format!("draw a plan: {e}")))?;
+        let draft = tree.current();
+        let seed = s.opts.seed.wrapping_add(u64::from(i));
+        let path = s.write(&draft, &format!("draw{}", i + 1), seed)?;
+        let t = s.run(&path, "search")?;
+        if !t.failed {
+            continue;
+        }
+        if s.fails(&path, "confirm")?.is_some() {
+            let after = s.started.elapsed();
+            return Ok((
+                Some(Failure {
+                    tree,
+                    path,
+                    tried: t,
+                    draw: i + 1,
+                    after,
+                }),
+                flakes,
+            ));
+        }
+        eprintln!("explore: {} failed once and not again: a flake", path.display());
+        flakes.push((path, t.run_dir));
+    }
+    Ok((None, flakes))
+}
+
+/// Shrinks with proptest's value tree: keeps each smaller draft that
+/// still fails. Returns the smallest failing draft, its plan and run, and
+/// the number of steps.
+fn shrink<T: ValueTree<Value = Draft>>(
+    s: &mut Session,
+    tree: &mut T,
+    (path, tried): (PathBuf, Tried),
+) -> Result<((Draft, PathBuf, Tried), u64), Error> {
+    let mut best = (tree.current(), path, tried);
+    let mut steps = 0;
+    while !s.over_budget() && tree.simplify() {
+        steps += 1;
+        let cand = tree.current();
+        let seed = s.opts.seed.wrapping_add(1000 + steps);
+        let cpath = s.write(&cand, &format!("shrink{steps}"), seed)?;
+        match s.fails(&cpath, "shrink")? {
+            Some(t) => best = (cand, cpath, t),
+            None => {
+                if !tree.complicate() {
+                    break;
+                }
+            }
+        }
+    }
+    Ok((best, steps))
 }
 
 fn path_faults(p: &Path) -> Result<usize, Error> {

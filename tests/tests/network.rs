@@ -106,6 +106,7 @@ fn partition_shapes_cut_exactly_the_connections_they_say() {
         Shape::Bridge,
         Shape::MajoritiesRing,
         Shape::OneWay(Some((1, 2))),
+        Shape::Apart(vec![1], vec![2, 3]),
     ];
     for (i, shape) in shapes.iter().enumerate() {
         let id = i as u32 + 1;
@@ -170,7 +171,18 @@ fn partition_shapes_cut_exactly_the_connections_they_say() {
                     assert_eq!(reach[&n], all, "{what}");
                 }
             }
-            Shape::IsolateLeader(_) => unreachable!(),
+            Shape::Apart(..) => {
+                // A leader (1) cut from its followers (2, 3) only.
+                assert_eq!(reach[&1], BTreeSet::from([1, 4, 5]), "{what}");
+                for n in [2, 3] {
+                    assert_eq!(reach[&n], BTreeSet::from([2, 3, 4, 5]), "{what}");
+                }
+                for n in [4, 5] {
+                    assert_eq!(reach[&n], all, "the others keep every link: {what}");
+                }
+                assert_eq!(clients_reach(&ids), all, "clients are not cut: {what}");
+            }
+            Shape::IsolateLeader(_) | Shape::LeaderFromFollowers(_) => unreachable!(),
         }
         network::heal(id).unwrap();
         assert!(

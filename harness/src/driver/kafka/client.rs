@@ -168,6 +168,14 @@ fn group_client(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
+        // Bounded prefetch: librdkafka's defaults keep up to 64 MiB (and
+        // 100,000 messages per partition) queued per consumer, and fetch
+        // up to 50 MiB at once; a consumer that catches up after a crash
+        // or a stall would hold that much (the soak's memory stepped up
+        // by 27 MiB at once). The members poll 50 at a time.
+        .set("queued.min.messages", "2000")
+        .set("queued.max.messages.kbytes", "2048")
+        .set("fetch.max.bytes", "4194304")
         .set("log_level", "0")
         .set("reconnect.backoff.max.ms", "1000")
         .create_with_context(Membership {
