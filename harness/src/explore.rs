@@ -59,6 +59,19 @@ pub struct Space {
     count: (usize, usize),
     hold_ms: (u64, u64),
     duration_ms: u64,
+    /// The template's workload and cluster, the top of each range
+    /// (producers, consumers, partitions, nodes) and the bottoms.
+    top: Workload,
+    bottom: Workload,
+}
+
+/// The sizes a draw may make smaller than the template's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Workload {
+    pub producers: u32,
+    pub consumers: u32,
+    pub partitions: i32,
+    pub nodes: u32,
 }
 
 /// One drawn schedule.
@@ -66,6 +79,7 @@ pub struct Space {
 pub struct Draft {
     pub duration_ms: u64,
     pub faults: Vec<DraftFault>,
+    pub workload: Workload,
 }
 
 /// One drawn fault: which entry of `choose`, when (per mille of the run)
@@ -141,6 +155,20 @@ impl Space {
             }
         };
         let plan = Plan::parse(file, &text)?;
+        let top = Workload {
+            producers: plan.producers.count,
+            consumers: plan.consumers.count,
+            partitions: plan.topic.partitions,
+            nodes: plan.cluster.nodes,
+        };
+        // Smaller, down to one of each (consumers only if the template
+        // has some; nodes not below the replication factor).
+        let bottom = Workload {
+            producers: 1,
+            consumers: top.consumers.min(1),
+            partitions: 1,
+            nodes: (plan.topic.replication_factor.max(1) as u32).min(top.nodes),
+        };
         let space = Space {
             base,
             name: plan.name.clone(),
@@ -148,6 +176,8 @@ impl Space {
             count,
             hold_ms: (hold.0.as_millis() as u64, hold.1.as_millis() as u64),
             duration_ms: plan.duration.as_millis() as u64,
+            top,
+            bottom,
         };
         // Every choice must make a valid plan on its own.
         for i in 0..space.choose.len() {
@@ -158,6 +188,7 @@ impl Space {
                     at_permille: 100,
                     hold_ms: space.hold_ms.0,
                 }],
+                workload: space.top,
             };
             let text = space.render(&one, "check", 0)?;
             Plan::parse(file, &text).map_err(|e| {
@@ -174,8 +205,22 @@ impl Space {
     }
 
     /// The strategy: a shorter run down to a third of the template's, the
-    /// number of faults, each fault's choice, time and hold.
+    /// number of faults, each fault's choice, time and hold, and a
+    /// workload and cluster from one of each up to the template's.
     fn strategy(&self) -> impl Strategy<Value = Draft> {
+        let (b, t) = (self.bottom, self.top);
+        let workload = (
+            b.producers..=t.producers,
+            b.consumers..=t.consumers,
+            b.partitions..=t.partitions,
+            b.nodes..=t.nodes,
+        )
+            .prop_map(|(producers, consumers, partitions, nodes)| Workload {
+                producers,
+                consumers,
+                partitions,
+                nodes,
+            });
         let fault = (
             0..self.choose.len(),
             100u64..=700,
@@ -189,10 +234,12 @@ impl Space {
         (
             (self.duration_ms / 3).max(1000).min(self.duration_ms)..=self.duration_ms,
             proptest::collection::vec(fault, self.count.0..=self.count.1),
+            workload,
         )
-            .prop_map(|(duration_ms, faults)| Draft {
+            .prop_map(|(duration_ms, faults, workload)| Draft {
                 duration_ms,
                 faults,
+                workload,
             })
     }
 
@@ -220,8 +267,28 @@ impl Space {
             })
             .collect();
         plan.insert("faults".into(), Value::Sequence(faults));
+        let w = d.workload;
+        set(&mut plan, "producers", "count", w.producers.into());
+        if w.consumers > 0 {
+            set(&mut plan, "consumers", "count", w.consumers.into());
+        }
+        set(&mut plan, "topic", "partitions", w.partitions.into());
+        set(&mut plan, "cluster", "nodes", w.nodes.into());
         serde_yaml::to_string(&Value::Mapping(plan))
             .map_err(|e| Error::Harness(format!("render a plan: {e}")))
+    }
+}
+
+/// Sets `section.key` in a plan mapping (making the section if needed).
+fn set(plan: &mut Mapping, section: &str, key: &str, v: Value) {
+    let entry = plan
+        .entry(section.into())
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    if !entry.is_mapping() {
+        *entry = Value::Mapping(Mapping::new());
+    }
+    if let Value::Mapping(m) = entry {
+        m.insert(key.into(), v);
     }
 }
 
@@ -266,8 +333,24 @@ impl Session<'_> {
 
     /// Runs a plan file once, for real.
     fn run(&mut self, path: &Path, step: &str) -> Result<Tried, Error> {
+        let plan = match Plan::load(path) {
+            Ok(p) => p,
+            Err(e) => {
+                // A smaller workload can make a fault's node ids or the
+                // replication invalid: that candidate cannot fail.
+                eprintln!(
+                    "explore: {} is not a valid plan, skipped: {e}",
+                    path.display()
+                );
+                return Ok(Tried {
+                    failed: false,
+                    verdict: "not a valid plan".into(),
+                    run_dir: String::new(),
+                    seconds: 0.0,
+                });
+            }
+        };
         self.runs += 1;
-        let plan = Plan::load(path)?;
         let opts = RunOptions {
             seed: plan.seed,
             out: Some(self.opts.out.join("runs")),
@@ -362,7 +445,12 @@ pub fn explore(
     let (first, flakes) = search(&mut s, &strategy, &mut runner)?;
     let flake_lines: String = flakes
         .iter()
-        .map(|(p, d)| format!("flake: {} failed in {d}, then passed when run again\n", p.display()))
+        .map(|(p, d)| {
+            format!(
+                "flake: {} failed in {d}, then passed when run again\n",
+                p.display()
+            )
+        })
         .collect();
     let Some(Failure {
         mut tree,
@@ -474,7 +562,10 @@ fn search<S: Strategy<Value = Draft>>(
                 flakes,
             ));
         }
-        eprintln!("explore: {} failed once and not again: a flake", path.display());
+        eprintln!(
+            "explore: {} failed once and not again: a flake",
+            path.display()
+        );
         flakes.push((path, t.run_dir));
     }
     Ok((None, flakes))
@@ -524,8 +615,9 @@ fn write_summary(out: &Path, summary: &str) -> Result<(), Error> {
 mod tests {
     use super::*;
 
-    const TEMPLATE: &str = "name: t\nduration: 30s\ncluster: { broker: builtin, nodes: 3 }\n\
-        producers: { count: 1, rate: 100/s }\nfaults: []\n\
+    const TEMPLATE: &str = "name: t\nduration: 30s\ncluster: { broker: builtin, nodes: 5 }\n\
+        topic: { partitions: 3, replication_factor: 3 }\n\
+        producers: { count: 4, rate: 100/s }\nconsumers: { count: 2, group: g }\nfaults: []\n\
         explore:\n  faults: 1..3\n  for: 1s..4s\n  choose:\n    - { kill: leader }\n    - { pause: random }\n";
 
     fn space(text: &str) -> Result<Space, Error> {
@@ -559,6 +651,11 @@ mod tests {
             let text = sp.render(d, "x", i as u64).unwrap();
             let plan = Plan::parse(&dir.path().join("p.yaml"), &text).unwrap();
             assert_eq!(plan.faults.len(), d.faults.len());
+            assert_eq!(plan.producers.count, d.workload.producers);
+            assert_eq!(plan.consumers.count, d.workload.consumers);
+            assert_eq!(plan.topic.partitions, d.workload.partitions);
+            assert_eq!(plan.cluster.nodes, d.workload.nodes);
+            assert!((3..=5).contains(&plan.cluster.nodes));
         }
     }
 
@@ -581,6 +678,16 @@ mod tests {
         let d = tree.current();
         assert_eq!(d.faults.len(), 1);
         assert_eq!(d.duration_ms, 10_000);
+        assert_eq!(
+            d.workload,
+            Workload {
+                producers: 1,
+                consumers: 1,
+                partitions: 1,
+                nodes: 3
+            },
+            "down to one of each, nodes not below the replication factor"
+        );
         assert_eq!(
             d.faults[0],
             DraftFault {
