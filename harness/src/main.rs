@@ -4,7 +4,7 @@ use clap::Parser;
 
 /// glibc's malloc gives each thread that allocates its own arena (up to
 /// eight per core), and memory freed in one is not reused by another. A
-/// run has many threads (tokio's workers, librdkafka's per-broker threads
+/// run has many threads (tokio's workers, the broker clients' own threads
 /// in every client, consumer threads, the lazy filesystem's), and after
 /// each burst of work (a pile-up of sends while the cluster is degraded)
 /// the arenas keep their peak: the soak's resident memory grew by steps
