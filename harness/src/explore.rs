@@ -56,6 +56,9 @@ pub struct Space {
     base: Mapping,
     name: String,
     choose: Vec<Value>,
+    /// Plan settings to vary: a dotted key path and its alternatives (the
+    /// first is where shrinking goes).
+    vary: Vary,
     count: (usize, usize),
     hold_ms: (u64, u64),
     duration_ms: u64,
@@ -74,12 +77,17 @@ pub struct Workload {
     pub nodes: u32,
 }
 
+/// `explore.vary`: each dotted plan key with its alternatives.
+type Vary = Vec<(Vec<String>, Vec<Value>)>;
+
 /// One drawn schedule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Draft {
     pub duration_ms: u64,
     pub faults: Vec<DraftFault>,
     pub workload: Workload,
+    /// The alternative taken for each `vary` key.
+    pub vary: Vec<usize>,
 }
 
 /// One drawn fault: which entry of `choose`, when (per mille of the run)
@@ -120,10 +128,10 @@ impl Space {
             .ok_or_else(|| usage(file, "explore: a mapping with faults, for and choose"))?;
         for k in e.keys() {
             let k = k.as_str().unwrap_or("?");
-            if !["faults", "for", "choose"].contains(&k) {
+            if !["faults", "for", "choose", "vary"].contains(&k) {
                 return Err(usage(
                     file,
-                    format!("explore.{k}: unknown key (known: faults, for, choose)"),
+                    format!("explore.{k}: unknown key (known: faults, for, choose, vary)"),
                 ));
             }
         }
@@ -154,6 +162,7 @@ impl Space {
                 ))
             }
         };
+        let vary = vary(file, e.get("vary"))?;
         let plan = Plan::parse(file, &text)?;
         let top = Workload {
             producers: plan.producers.count,
@@ -173,24 +182,33 @@ impl Space {
             base,
             name: plan.name.clone(),
             choose,
+            vary,
             count,
             hold_ms: (hold.0.as_millis() as u64, hold.1.as_millis() as u64),
             duration_ms: plan.duration.as_millis() as u64,
             top,
             bottom,
         };
+        space.check_alternatives(file)?;
+        Ok(space)
+    }
+
+    /// Checks that every entry of `choose`, and every alternative of each
+    /// `vary` key, makes a valid plan on its own.
+    fn check_alternatives(&self, file: &Path) -> Result<(), Error> {
         // Every choice must make a valid plan on its own.
-        for i in 0..space.choose.len() {
+        for i in 0..self.choose.len() {
             let one = Draft {
-                duration_ms: space.duration_ms,
+                duration_ms: self.duration_ms,
                 faults: vec![DraftFault {
                     choice: i,
                     at_permille: 100,
-                    hold_ms: space.hold_ms.0,
+                    hold_ms: self.hold_ms.0,
                 }],
-                workload: space.top,
+                workload: self.top,
+                vary: vec![0; self.vary.len()],
             };
-            let text = space.render(&one, "check", 0)?;
+            let text = self.render(&one, "check", 0)?;
             Plan::parse(file, &text).map_err(|e| {
                 usage(
                     file,
@@ -201,7 +219,30 @@ impl Space {
                 )
             })?;
         }
-        Ok(space)
+        for (k, (path, alts)) in self.vary.iter().enumerate() {
+            for i in 0..alts.len() {
+                let mut pick = vec![0; self.vary.len()];
+                pick[k] = i;
+                let one = Draft {
+                    duration_ms: self.duration_ms,
+                    faults: Vec::new(),
+                    workload: self.top,
+                    vary: pick,
+                };
+                let text = self.render(&one, "check", 0)?;
+                Plan::parse(file, &text).map_err(|e| {
+                    usage(
+                        file,
+                        format!(
+                            "explore.vary.{}[{i}] does not make a valid plan: {}",
+                            path.join("."),
+                            e.message
+                        ),
+                    )
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// The strategy: a shorter run down to a third of the template's, the
@@ -235,11 +276,16 @@ impl Space {
             (self.duration_ms / 3).max(1000).min(self.duration_ms)..=self.duration_ms,
             proptest::collection::vec(fault, self.count.0..=self.count.1),
             workload,
+            self.vary
+                .iter()
+                .map(|(_, alts)| 0..alts.len())
+                .collect::<Vec<_>>(),
         )
-            .prop_map(|(duration_ms, faults, workload)| Draft {
+            .prop_map(|(duration_ms, faults, workload, vary)| Draft {
                 duration_ms,
                 faults,
                 workload,
+                vary,
             })
     }
 
@@ -274,6 +320,9 @@ impl Space {
         }
         set(&mut plan, "topic", "partitions", w.partitions.into());
         set(&mut plan, "cluster", "nodes", w.nodes.into());
+        for ((path, alts), &i) in self.vary.iter().zip(&d.vary) {
+            set_path(&mut plan, path, alts[i].clone());
+        }
         serde_yaml::to_string(&Value::Mapping(plan))
             .map_err(|e| Error::Harness(format!("render a plan: {e}")))
     }
@@ -290,6 +339,71 @@ fn set(plan: &mut Mapping, section: &str, key: &str, v: Value) {
     if let Value::Mapping(m) = entry {
         m.insert(key.into(), v);
     }
+}
+
+/// Sets a dotted key path in a plan mapping (making mappings on the way).
+fn set_path(plan: &mut Mapping, path: &[String], v: Value) {
+    let Some((last, sections)) = path.split_last() else {
+        return;
+    };
+    let mut m = plan;
+    for k in sections {
+        let entry = m
+            .entry(k.as_str().into())
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
+        if !entry.is_mapping() {
+            *entry = Value::Mapping(Mapping::new());
+        }
+        let Value::Mapping(next) = entry else { return };
+        m = next;
+    }
+    m.insert(last.as_str().into(), v);
+}
+
+/// `explore.vary`: `{ "producers.acks": [all, 1], ... }`.
+fn vary(file: &Path, v: Option<&Value>) -> Result<Vary, Error> {
+    let Some(v) = v else {
+        return Ok(Vec::new());
+    };
+    let m = v.as_mapping().ok_or_else(|| {
+        usage(
+            file,
+            "explore.vary: a mapping of plan keys to alternatives, e.g. { producers.acks: [all, 1] }",
+        )
+    })?;
+    let mut out = Vec::new();
+    for (k, alts) in m {
+        let key = k.as_str().unwrap_or("?");
+        let path: Vec<String> = key.split('.').map(str::to_string).collect();
+        let known = [
+            "cluster",
+            "topic",
+            "producers",
+            "consumers",
+            "storage",
+            "drain",
+        ];
+        if path.len() < 2 || path.iter().any(String::is_empty) || !known.contains(&path[0].as_str())
+        {
+            return Err(usage(
+                file,
+                format!(
+                    "explore.vary.{key}: a dotted plan key under {} (e.g. producers.acks)",
+                    known.join(", ")
+                ),
+            ));
+        }
+        match alts {
+            Value::Sequence(a) if !a.is_empty() => out.push((path, a.clone())),
+            _ => {
+                return Err(usage(
+                    file,
+                    format!("explore.vary.{key}: a non-empty list of alternatives"),
+                ))
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// How one run of a plan ended.
@@ -696,6 +810,50 @@ mod tests {
                 hold_ms: 1000
             }
         );
+    }
+
+    #[test]
+    fn settings_vary_among_their_alternatives_and_shrink_to_the_first() {
+        let t = format!(
+            "{TEMPLATE}  vary:\n    producers.acks: [all, 1]\n    cluster.settings.flush: [always, \"ms:1000\"]\n"
+        );
+        let sp = space(&t).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for d in draws(&sp, 5, 30) {
+            let plan =
+                Plan::parse(&dir.path().join("p.yaml"), &sp.render(&d, "x", 1).unwrap()).unwrap();
+            let acks = plan.producers.acks.as_config();
+            assert_eq!(acks, ["all", "1"][d.vary[0]]);
+            assert_eq!(
+                plan.cluster.settings["flush"],
+                ["always", "ms:1000"][d.vary[1]]
+            );
+            seen.insert(d.vary.clone());
+        }
+        assert_eq!(seen.len(), 4, "every combination is drawn: {seen:?}");
+        let mut runner = TestRunner::new_with_rng(
+            Config::default(),
+            TestRng::from_seed(RngAlgorithm::ChaCha, &[9; 32]),
+        );
+        let mut tree = loop {
+            let t = sp.strategy().new_tree(&mut runner).unwrap();
+            if t.current().vary == vec![1, 1] {
+                break t;
+            }
+        };
+        while tree.simplify() {}
+        assert_eq!(tree.current().vary, vec![0, 0]);
+        let bad = format!("{TEMPLATE}  vary:\n    producers.acks: [all, 2]\n");
+        assert!(space(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("explore.vary.producers.acks[1] does not make a valid plan"));
+        let bad = format!("{TEMPLATE}  vary:\n    acks: [all]\n");
+        assert!(space(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("explore.vary.acks"));
     }
 
     #[test]
