@@ -12,7 +12,7 @@ pub mod wire;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -96,6 +96,11 @@ pub struct KafkaDriver {
     /// The leadership the last drain was confirmed against (replica reads
     /// start from it).
     confirmed: Mutex<Option<drain::Confirmed>>,
+    /// One metadata client for `layout`, kept between calls (the run asks
+    /// every 500 ms; a client per call started and stopped its threads
+    /// 7,200 times an hour). Dropped after an error, made again on the
+    /// next call.
+    metadata: Mutex<Option<Arc<BaseConsumer>>>,
 }
 
 impl KafkaDriver {
@@ -106,7 +111,19 @@ impl KafkaDriver {
             nodes,
             replica_reads,
             confirmed: Mutex::new(None),
+            metadata: Mutex::new(None),
         }
+    }
+
+    /// The kept metadata client (made when there is none).
+    fn metadata_client(&self) -> Result<Arc<BaseConsumer>, DriverError> {
+        let mut m = self.metadata.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = m.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(admin_client(&self.bootstrap)?);
+        *m = Some(c.clone());
+        Ok(c)
     }
 }
 
@@ -193,10 +210,11 @@ impl Driver for KafkaDriver {
     }
 
     fn layout(&self, topic: &str, timeout: Duration) -> Result<TopicLayout, DriverError> {
-        let c = admin_client(&self.bootstrap)?;
-        let md = c
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(|e| DriverError::refused("metadata", e))?;
+        let c = self.metadata_client()?;
+        let md = c.fetch_metadata(Some(topic), timeout).map_err(|e| {
+            *self.metadata.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            DriverError::refused("metadata", e)
+        })?;
         let mut out = TopicLayout::default();
         for t in md.topics().iter().filter(|t| t.name() == topic) {
             if let Some(e) = t.error() {
