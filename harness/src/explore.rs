@@ -208,16 +208,7 @@ impl Space {
                 workload: self.top,
                 vary: vec![0; self.vary.len()],
             };
-            let text = self.render(&one, "check", 0)?;
-            Plan::parse(file, &text).map_err(|e| {
-                usage(
-                    file,
-                    format!(
-                        "explore.choose[{i}] does not make a valid plan: {}",
-                        e.message
-                    ),
-                )
-            })?;
+            self.check_draft(file, &one, &format!("explore.choose[{i}]"))?;
         }
         for (k, (path, alts)) in self.vary.iter().enumerate() {
             for i in 0..alts.len() {
@@ -229,20 +220,22 @@ impl Space {
                     workload: self.top,
                     vary: pick,
                 };
-                let text = self.render(&one, "check", 0)?;
-                Plan::parse(file, &text).map_err(|e| {
-                    usage(
-                        file,
-                        format!(
-                            "explore.vary.{}[{i}] does not make a valid plan: {}",
-                            path.join("."),
-                            e.message
-                        ),
-                    )
-                })?;
+                let what = format!("explore.vary.{}[{i}]", path.join("."));
+                self.check_draft(file, &one, &what)?;
             }
         }
         Ok(())
+    }
+
+    /// Whether a draft makes a valid plan; the error names `what`.
+    fn check_draft(&self, file: &Path, d: &Draft, what: &str) -> Result<(), Error> {
+        let text = self.render(d, "check", 0)?;
+        Plan::parse(file, &text).map(|_| ()).map_err(|e| {
+            usage(
+                file,
+                format!("{what} does not make a valid plan: {}", e.message),
+            )
+        })
     }
 
     /// The strategy: a shorter run down to a third of the template's, the
