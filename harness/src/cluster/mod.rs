@@ -106,7 +106,14 @@ impl Cluster {
 
     /// The client side of this cluster (its broker's driver).
     pub fn driver(&self) -> Arc<dyn Driver> {
-        crate::driver::connect(&self.recipe, self.nodes.iter().map(Node::addr).collect())
+        crate::driver::connect(
+            &self.recipe,
+            self.nodes.iter().map(Node::addr).collect(),
+            self.nodes
+                .iter()
+                .map(|n| format!("{}:{}", n.host, n.peer_port))
+                .collect(),
+        )
     }
 
     /// Every node's `host:port`, comma-separated.
@@ -150,11 +157,17 @@ impl Cluster {
             .map(|m| format!("nats://{}:{}", m.host, m.peer_port))
             .collect::<Vec<_>>()
             .join(", ");
+        let primary = self
+            .nodes
+            .first()
+            .map(|m| format!("{} {}", m.host, m.port))
+            .unwrap_or_default();
         let config_path = n.data_dir.parent().unwrap_or(&n.data_dir).join("node.conf");
         let fill = |s: &str| {
             s.replace("{id}", &id.to_string())
                 .replace("{config}", &config_path.display().to_string())
                 .replace("{peer_routes}", &peer_routes)
+                .replace("{primary}", &primary)
                 .replace("{host}", &n.host)
                 .replace("{port}", &n.port.to_string())
                 .replace("{data_dir}", &n.data_dir.display().to_string())

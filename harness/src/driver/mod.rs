@@ -15,7 +15,7 @@
 //! # The model a driver maps onto
 //! A message lives at a (partition, position): Kafka's partition and
 //! offset; a NATS stream is partition 0 and positions are stream sequences;
-//! a Redis stream entry id would map to a position. Positions grow within a
+//! a Redis stream is partition 0 and an entry id is a position. Positions grow within a
 //! partition; the checker's offset properties (`skipped`, `reordered`,
 //! `inconsistent-offset`, `unexpected-offset`) rest on that. A broker
 //! without positions (a queue: RabbitMQ) will report deliveries without a
@@ -32,6 +32,7 @@
 pub mod cache;
 pub mod kafka;
 pub mod nats;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -287,13 +288,18 @@ pub const QUIET_LOGS: &str = "rdkafka=off,librdkafka=off";
 pub enum Protocol {
     Kafka,
     Nats,
+    /// With the replicas a WAIT must confirm for acks all.
+    Redis {
+        wait: u32,
+    },
 }
 
 /// How one node is started and judged ready.
 #[derive(Debug, Clone)]
 pub struct NodeRecipe {
     /// argv with placeholders {id} {host} {port} {data_dir} {peers}
-    /// {peer_port} {peer_addrs} {config}.
+    /// {peer_port} {peer_addrs} {config}, and {primary} (node 1 as
+    /// `host port`, for recipes that start with node 1 as the primary).
     pub command: Vec<String>,
     /// A config file written for each node (same placeholders, and
     /// {peer_routes}: `nats://host:peer_port` of the other nodes); its path
@@ -313,6 +319,7 @@ pub fn recipe(spec: &ClusterSpec) -> Result<NodeRecipe, DriverError> {
         BrokerKind::Builtin => kafka::builtin_recipe(spec),
         BrokerKind::Nats => nats::recipe(spec),
         BrokerKind::Kafka => kafka::apache::recipe(spec),
+        BrokerKind::Redis => redis::recipe(spec),
         BrokerKind::Custom => {
             let r = spec
                 .recipe
@@ -343,11 +350,17 @@ pub fn fetch_release(spec: &ClusterSpec) -> Result<(), DriverError> {
     }
 }
 
-/// The client side for nodes started from `recipe`, reached at `addrs`.
-pub fn connect(recipe: &NodeRecipe, addrs: Vec<String>) -> Arc<dyn Driver> {
+/// The client side for nodes started from `recipe`, reached at `addrs`
+/// (`host:port`, node 1 first); `peer_addrs` are their `host:peer_port`.
+pub fn connect(
+    recipe: &NodeRecipe,
+    addrs: Vec<String>,
+    peer_addrs: Vec<String>,
+) -> Arc<dyn Driver> {
     match recipe.protocol {
         Protocol::Kafka => Arc::new(kafka::KafkaDriver::new(addrs, recipe.replica_reads)),
         Protocol::Nats => Arc::new(nats::NatsDriver::new(addrs)),
+        Protocol::Redis { wait } => Arc::new(redis::RedisDriver::new(addrs, peer_addrs, wait)),
     }
 }
 

@@ -38,6 +38,9 @@ pub enum BrokerKind {
     Nats,
     /// Apache Kafka in KRaft mode, its jars fetched from Maven Central.
     Kafka,
+    /// Redis (the installed redis-server) Streams: a primary, replicas and
+    /// Sentinels.
+    Redis,
 }
 
 /// How a node is judged ready.

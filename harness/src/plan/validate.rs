@@ -26,6 +26,9 @@ pub(super) fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
     let cluster = cluster(ctx, raw.cluster)?;
     let topic = topic(ctx, raw.topic, &cluster)?;
     let producers = producers(ctx, raw.producers)?;
+    if cluster.broker == BrokerKind::Redis {
+        redis_producers(ctx, &producers)?;
+    }
     let consumers = consumers(ctx, raw.consumers)?;
     let lazyfs = raw.storage.lazyfs.unwrap_or(false);
     let room = Room {
@@ -91,10 +94,11 @@ fn cluster(ctx: &Ctx, c: RawCluster) -> Result<ClusterSpec, PlanError> {
         "custom" => BrokerKind::Custom,
         "nats" => BrokerKind::Nats,
         "kafka" => BrokerKind::Kafka,
+        "redis" => BrokerKind::Redis,
         other => {
             return Err(ctx.err(
                 "cluster.broker",
-                format!("unknown broker {other:?}: use builtin, kafka, nats or custom"),
+                format!("unknown broker {other:?}: use builtin, kafka, nats, redis or custom"),
             ))
         }
     };
@@ -112,6 +116,7 @@ fn cluster(ctx: &Ctx, c: RawCluster) -> Result<ClusterSpec, PlanError> {
         BrokerKind::Nats => nats_settings(ctx, &settings)?,
         BrokerKind::Builtin => builtin_settings(ctx, &settings)?,
         BrokerKind::Kafka => kafka_settings(ctx, &settings, nodes)?,
+        BrokerKind::Redis => redis_settings(ctx, &settings, nodes)?,
         BrokerKind::Custom => {
             if let Some(k) = settings.keys().next() {
                 return Err(ctx.err(
@@ -239,6 +244,76 @@ fn nats_settings(ctx: &Ctx, settings: &BTreeMap<String, String>) -> Result<(), P
                 ))
             }
         }
+    }
+    Ok(())
+}
+
+/// Redis's settings: the AOF, the primary's write minimum, and how soon
+/// Sentinel calls a primary down.
+fn redis_settings(
+    ctx: &Ctx,
+    settings: &BTreeMap<String, String>,
+    nodes: u32,
+) -> Result<(), PlanError> {
+    const KNOWN: &str = "appendonly, appendfsync, min_replicas_to_write, wait_replicas, down_after";
+    for (k, v) in settings {
+        let path = format!("cluster.settings.{k}");
+        let ok = match k.as_str() {
+            "appendonly" => matches!(v.as_str(), "yes" | "no" | "true" | "false"),
+            "appendfsync" => matches!(v.as_str(), "always" | "everysec" | "no"),
+            "min_replicas_to_write" | "wait_replicas" => v.parse::<u32>().is_ok_and(|n| n < nodes),
+            "down_after" => value::duration(v)
+                .is_ok_and(|d| d >= Duration::from_millis(100) && d <= Duration::from_secs(3600)),
+            other => {
+                return Err(ctx.err(
+                    &path,
+                    format!("unknown redis setting {other:?} (known: {KNOWN})"),
+                ))
+            }
+        };
+        if !ok {
+            let expected = match k.as_str() {
+                "appendonly" => "yes or no",
+                "appendfsync" => "always, everysec or no",
+                "min_replicas_to_write" | "wait_replicas" => {
+                    if nodes == 1 {
+                        "0: one node has no replicas"
+                    } else {
+                        "a number of replicas, at most the node count minus one"
+                    }
+                }
+                _ => "a duration from 100ms to 1h (e.g. 3s)",
+            };
+            return Err(ctx.err(&path, format!("invalid {k} {v:?}: {expected}")));
+        }
+    }
+    let aof = settings
+        .get("appendonly")
+        .is_some_and(|v| v == "yes" || v == "true");
+    if settings.contains_key("appendfsync") && !aof {
+        return Err(ctx.err(
+            "cluster.settings.appendfsync",
+            "appendfsync is the append-only file's fsync policy: it needs appendonly: yes",
+        ));
+    }
+    Ok(())
+}
+
+/// What a Redis producer can be: XADD is always answered, and Redis
+/// streams do not deduplicate.
+fn redis_producers(ctx: &Ctx, p: &ProducerSpec) -> Result<(), PlanError> {
+    if p.acks == Acks::None {
+        return Err(ctx.err(
+            "producers.acks",
+            "acks 0: Redis answers every XADD; use 1 (the primary's answer) or all (then a \
+             WAIT for cluster.settings.wait_replicas replicas)",
+        ));
+    }
+    if p.idempotent {
+        return Err(ctx.err(
+            "producers.idempotent",
+            "Redis streams have no idempotent producer: leave idempotent out",
+        ));
     }
     Ok(())
 }
@@ -372,9 +447,10 @@ fn recipe(
                 "broker custom needs a recipe with a command",
             ))
         }
-        (BrokerKind::Builtin | BrokerKind::Nats | BrokerKind::Kafka, Some(_)) => {
-            return Err(ctx.err("cluster.recipe", "a recipe is only for broker: custom"))
-        }
+        (
+            BrokerKind::Builtin | BrokerKind::Nats | BrokerKind::Kafka | BrokerKind::Redis,
+            Some(_),
+        ) => return Err(ctx.err("cluster.recipe", "a recipe is only for broker: custom")),
         (_, None) => None,
         (_, Some(r)) => {
             let command = r.command.filter(|c| !c.is_empty()).ok_or_else(|| {
@@ -438,9 +514,8 @@ fn topic(ctx: &Ctx, t: RawTopic, cluster: &ClusterSpec) -> Result<TopicSpec, Pla
     {
         return Err(ctx.err("topic.name", format!("invalid topic name {topic_name:?}")));
     }
-    let partitions = t
-        .partitions
-        .unwrap_or(if *broker == BrokerKind::Nats { 1 } else { 3 });
+    let one_sequence = matches!(broker, BrokerKind::Nats | BrokerKind::Redis);
+    let partitions = t.partitions.unwrap_or(if one_sequence { 1 } else { 3 });
     if !(1..=1000).contains(&partitions) {
         return Err(ctx.err(
             "topic.partitions",
@@ -453,11 +528,41 @@ fn topic(ctx: &Ctx, t: RawTopic, cluster: &ClusterSpec) -> Result<TopicSpec, Pla
             format!("{partitions} partitions: a NATS stream has one sequence; use partitions: 1"),
         ));
     }
-    let replication_factor = t.replication_factor.unwrap_or(nodes.min(3) as i16);
+    if *broker == BrokerKind::Redis && partitions != 1 {
+        return Err(ctx.err(
+            "topic.partitions",
+            format!("{partitions} partitions: a Redis stream is one sequence; use partitions: 1"),
+        ));
+    }
+    let replication_factor = if *broker == BrokerKind::Redis {
+        // The primary replicates everything to every replica.
+        match t.replication_factor {
+            Some(rf) if rf as i64 != i64::from(nodes) => {
+                return Err(ctx.err(
+                    "topic.replication_factor",
+                    format!(
+                        "replication factor {rf}: a Redis primary copies the stream to every \
+                         replica, so it is the node count ({nodes}); leave it out"
+                    ),
+                ))
+            }
+            _ => nodes as i16,
+        }
+    } else {
+        t.replication_factor.unwrap_or(nodes.min(3) as i16)
+    };
     if replication_factor < 1 || replication_factor as u32 > nodes {
         return Err(ctx.err("topic.replication_factor", format!("replication factor {replication_factor} needs 1 to {nodes} nodes (cluster.nodes is {nodes})")));
     }
     let min_insync_replicas = t.min_insync_replicas.unwrap_or(1);
+    if *broker == BrokerKind::Redis && min_insync_replicas != 1 {
+        return Err(ctx.err(
+            "topic.min_insync_replicas",
+            "Redis has no per-stream minimum: use cluster.settings.wait_replicas (the \
+             replicas WAIT must confirm for acks all) or min_replicas_to_write (the replicas \
+             a primary needs to accept writes)",
+        ));
+    }
     if min_insync_replicas < 1 || min_insync_replicas > i32::from(replication_factor) {
         return Err(ctx.err("topic.min_insync_replicas", format!("min_insync_replicas {min_insync_replicas} must be between 1 and the replication factor {replication_factor}")));
     }
