@@ -410,6 +410,29 @@ impl Partition {
     }
 
     /// As follower: find the divergence from the leader again.
+    /// A follower's way out of a corrupt log (see
+    /// `PartitionLog::set_aside_damage`): the damage goes aside, the log is
+    /// reopened below it, and the follower copies the rest from its leader.
+    /// Returns what the damage was, if there was any.
+    pub fn set_aside_damage(&self) -> Result<Option<String>, StorageError> {
+        let mut epochs = self.epochs();
+        let mut log = self.log();
+        let Some(what) = log.set_aside_damage()? else {
+            return Ok(None);
+        };
+        *log = PartitionLog::open(&self.dir, self.log_config)?.0;
+        let end = log.log_end();
+        epochs.truncate_from(end)?;
+        drop(log);
+        drop(epochs);
+        self.progress.send_modify(|pr| {
+            pr.log_end = end;
+            pr.high_watermark = pr.high_watermark.min(end);
+            pr.durable = pr.durable.min(end);
+        });
+        Ok(Some(what))
+    }
+
     pub fn reset_truncation(&self) {
         if let Role::Follower { truncated, .. } = &mut *self.role_lock() {
             *truncated = false;

@@ -292,6 +292,12 @@ fn topic_name(p: &Partition) -> TopicName {
 /// Finds where this replica's log diverges from the leader's and cuts it
 /// there (KIP-101 with KIP-279's per-epoch end offsets).
 async fn truncate(p: &Partition, c: &mut Client, me: i32, epoch: i32) -> Result<(), String> {
+    // A log that recovery found damaged refuses writes; a follower has a
+    // leader to copy from, so the damage goes aside and it copies again.
+    if let Some(what) = p.set_aside_damage().map_err(|e| e.to_string())? {
+        let (_, end) = p.bounds();
+        tracing::warn!(topic = %p.topic, partition = p.index, epoch, log_end = end, "corruption set aside (kept as *.damaged) to copy the rest from the leader: {what}");
+    }
     let (_, end) = p.bounds();
     let Some(latest) = p.latest_epoch() else {
         if end > 0 {

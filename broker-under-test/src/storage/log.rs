@@ -14,6 +14,8 @@
 //!   torn write and are truncated. A damaged batch that is followed by valid
 //!   data (or one in an older segment) is corruption: the log keeps serving
 //!   below it and refuses writes, rather than serve or overwrite garbage.
+//!   A follower, whose leader holds the data, can `set_aside_damage`: the
+//!   damaged bytes move to `.damaged` files and the log takes writes again.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -388,6 +390,70 @@ impl PartitionLog {
         Ok(self.log_end())
     }
 
+    /// A follower's way out of corruption: moves the damaged bytes aside
+    /// (the damaged segment's bytes from its first bad batch on go to
+    /// `<segment>.log.damaged`, later segments are renamed to
+    /// `<segment>.log.damaged`), cuts the log at its last valid batch and
+    /// takes writes again, so the follower copies the rest from its leader.
+    /// Nothing is deleted: the damage stays on disk for inspection. Returns
+    /// what the damage was, or None when the log was not offline.
+    pub fn set_aside_damage(&mut self) -> Result<Option<String>, StorageError> {
+        let Some(reason) = self.offline.clone() else {
+            return Ok(None);
+        };
+        // A segment that starts inside the previous one goes aside whole.
+        let overlaps = {
+            let mut it = self.segments.values().rev();
+            match (it.next(), it.next()) {
+                (Some(last), Some(prev)) => last.base_offset < prev.next_offset,
+                _ => false,
+            }
+        };
+        if overlaps {
+            let (_, seg) = self.segments.pop_last().expect("two segments");
+            set_aside(seg.path())?;
+            let _ = std::fs::remove_file(seg.path().with_extension("index"));
+        }
+        let active_base = self.active().base_offset;
+        for entry in std::fs::read_dir(&self.dir)
+            .map_err(StorageError::io("list partition dir", &self.dir))?
+        {
+            let path = entry
+                .map_err(StorageError::io("list partition dir", &self.dir))?
+                .path();
+            let base = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|b| b.parse::<i64>().ok());
+            if base.is_some_and(|b| b > active_base) {
+                set_aside(&path)?;
+                let _ = std::fs::remove_file(path.with_extension("index"));
+            }
+        }
+        let seg = self.segments.values_mut().next_back().expect("a segment");
+        let len = seg
+            .log
+            .metadata()
+            .map_err(StorageError::io("stat segment", seg.path()))?
+            .len();
+        if len > seg.size {
+            let mut tail = vec![0u8; (len - seg.size) as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&*seg.log, &mut tail, seg.size)
+                .map_err(StorageError::io("read damaged bytes", seg.path()))?;
+            let aside = damaged_name(seg.path());
+            std::fs::write(&aside, &tail)
+                .and_then(|_| File::open(&aside)?.sync_all())
+                .map_err(StorageError::io("write damaged bytes", &aside))?;
+            let (size, next) = (seg.size, seg.next_offset);
+            seg.truncate(size, next)?;
+            seg.sync()?;
+        }
+        sync_dir(&self.dir)?;
+        self.offline = None;
+        Ok(Some(reason))
+    }
+
     /// fsyncs the active segment (older ones were synced when they rolled).
     pub fn sync(&self) -> Result<(), StorageError> {
         self.active().sync()
@@ -431,6 +497,24 @@ impl PartitionLog {
 }
 
 /// fsyncs a directory so that file creations and deletions in it are durable.
+/// `<file>.damaged` (with a number when one exists already).
+fn damaged_name(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".damaged");
+    let mut candidate = PathBuf::from(&name);
+    let mut n = 1;
+    while candidate.exists() {
+        n += 1;
+        candidate = PathBuf::from(format!("{}.{n}", PathBuf::from(&name).display()));
+    }
+    candidate
+}
+
+/// Renames a whole damaged file to `<file>.damaged`.
+fn set_aside(path: &Path) -> Result<(), StorageError> {
+    std::fs::rename(path, damaged_name(path)).map_err(StorageError::io("set aside segment", path))
+}
+
 pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)
         .and_then(|d| d.sync_all())

@@ -184,7 +184,7 @@ proptest! {
 }
 
 #[test]
-fn damage_in_the_middle_stops_the_log_below_it() {
+fn damage_in_the_middle_stops_the_log_below_it_until_a_follower_sets_it_aside() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t-0");
     let (mut log, _) = PartitionLog::open(&path, LogConfig::default()).unwrap();
@@ -226,4 +226,20 @@ fn damage_in_the_middle_stops_the_log_below_it() {
         std::fs::metadata(&file).unwrap().len() as usize,
         bytes.len()
     );
+    // A follower sets the damage aside: the log is cut at the last valid
+    // batch, takes writes again, and the damaged bytes are kept beside it.
+    let what = log.set_aside_damage().unwrap().expect("it was offline");
+    assert!(what.contains("CRC32C mismatch"), "{what}");
+    assert_eq!(log.set_aside_damage().unwrap(), None, "once");
+    assert_eq!(log.log_end(), 1);
+    assert_eq!(std::fs::metadata(&file).unwrap().len() as usize, sizes[0]);
+    let mut aside = file.clone().into_os_string();
+    aside.push(".damaged");
+    assert_eq!(std::fs::read(&aside).unwrap(), bytes[sizes[0]..].to_vec());
+    let appended = log.append(&mut buf, &mut headers, 0).unwrap();
+    assert_eq!(appended.base_offset, 1);
+    drop(log);
+    let (log, rec) = PartitionLog::open(&path, LogConfig::default()).unwrap();
+    assert_eq!(rec.corruption, None, "clean after the damage went aside");
+    assert_eq!(log.log_end(), 2);
 }

@@ -463,3 +463,63 @@ async fn idempotence_survives_a_paused_leader_losing_its_leadership() {
     let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(dups.is_empty(), "duplicates with idempotence on: {dups:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_log_is_damaged_sets_the_damage_aside_and_rejoins_the_isr() {
+    // Recovery finds a damaged batch followed by valid ones: corruption.
+    // The log refuses writes (it must not overwrite or serve garbage), but
+    // a follower has a leader holding the data: it moves the damage aside
+    // (kept as *.damaged), copies the rest again and rejoins the ISR.
+    // Before, such a replica stayed out of the ISR for good.
+    let mut c = Cluster::start(3, &["--flush", "always"]);
+    let bootstrap = c.bootstrap();
+    create(&bootstrap, "dmg", 1, 3, "2").await;
+    let p = cluster_producer(&bootstrap, "all", false);
+    let mut acked = Vec::new();
+    for round in 0..3 {
+        acked.extend(produce(&p, "dmg", round, 300, 1).await);
+    }
+    let leader = info(&mut c, "dmg")[0].leader;
+    let follower = (1..=3).find(|&b| b != leader).unwrap();
+    c.broker(follower).kill();
+    let segment = c
+        .broker(follower)
+        .data_dir
+        .join("dmg-0/00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+    tokio::task::block_in_place(|| c.restart(follower));
+    assert!(
+        c.broker(follower)
+            .log_text()
+            .contains("recovery found corruption"),
+        "the flipped byte is found"
+    );
+    for round in 3..5 {
+        acked.extend(produce(&p, "dmg", round, 300, 1).await);
+    }
+    tokio::task::block_in_place(|| {
+        wait_for(
+            Duration::from_secs(30),
+            "the damaged follower back in the ISR",
+            || (info(&mut c, "dmg")[0].isr.len() == 3).then_some(()),
+        )
+    });
+    assert!(c
+        .broker(follower)
+        .log_text()
+        .contains("corruption set aside"));
+    let mut aside = segment.clone().into_os_string();
+    aside.push(".damaged");
+    let kept = std::fs::read(&aside).expect("the damaged bytes are kept");
+    assert!(!kept.is_empty() && kept.len() < bytes.len());
+    let b = bootstrap.clone();
+    let log = tokio::task::spawn_blocking(move || read_all(&b, "dmg", 1))
+        .await
+        .unwrap();
+    assert_all_present(&acked, &log);
+    let addrs: Vec<SocketAddr> = c.brokers.iter().map(|b| b.addr).collect();
+    tokio::task::block_in_place(|| assert_replicas_agree(&addrs, "dmg", 1));
+}
