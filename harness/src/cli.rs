@@ -88,6 +88,31 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// A durability matrix: for each broker, a fixed grid of runs (stage
+    /// scenario x durability setting); writes matrix.md, matrix.html and
+    /// matrix.json in the output dir.
+    Matrix {
+        /// Brokers: builtin, kafka, nats, redis; kafka and nats take
+        /// @<version> (nats@2.12.1).
+        #[arg(required = true, value_parser = crate::matrix::Target::parse)]
+        brokers: Vec<crate::matrix::Target>,
+        /// Stages to cover, comma-separated.
+        #[arg(long, value_delimiter = ',', value_parser = crate::matrix::Stage::parse, default_value = "produce,store,consume")]
+        stages: Vec<crate::matrix::Stage>,
+        /// Start no cell that would end after this long, e.g. 1h; the
+        /// cells left out say so.
+        #[arg(long, value_parser = parse_duration, default_value = "2h")]
+        budget: Duration,
+        /// How long each cell's workload runs (at least 10s).
+        #[arg(long, value_parser = parse_duration, default_value = "30s")]
+        cell_duration: Duration,
+        /// Seed of every cell (default: a fresh one each; recorded).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Output dir (default: matrix/<time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Check plans without running anything.
     Validate {
         #[arg(required = true)]
@@ -148,6 +173,21 @@ pub fn main(cli: Cli) -> i32 {
             confirm,
             out,
         } => cmd_explore(template, budget, runs, seed, confirm, out),
+        Command::Matrix {
+            brokers,
+            stages,
+            budget,
+            cell_duration,
+            seed,
+            out,
+        } => cmd_matrix(crate::matrix::MatrixOptions {
+            targets: brokers,
+            stages,
+            budget,
+            cell_duration: cell_duration.max(Duration::from_secs(10)),
+            seed,
+            out: out.unwrap_or_else(|| PathBuf::from("matrix").join(run::stamp())),
+        }),
         Command::Validate { plans } => cmd_validate(plans),
         Command::Doctor => Ok(crate::doctor::report()),
     };
@@ -263,6 +303,40 @@ fn cmd_explore(
     print!("{}", found.summary);
     Ok(if found.failed {
         exit::NOT_MET
+    } else {
+        exit::MET
+    })
+}
+
+fn cmd_matrix(opts: crate::matrix::MatrixOptions) -> Result<i32, Error> {
+    eprintln!(
+        "unlost: matrix of {} ({}), output in {}",
+        opts.targets
+            .iter()
+            .map(|t| t.label())
+            .collect::<Vec<_>>()
+            .join(", "),
+        opts.stages
+            .iter()
+            .map(|s| format!("{s:?}").to_lowercase())
+            .collect::<Vec<_>>()
+            .join(","),
+        opts.out.display()
+    );
+    // The sandbox has no uplink: every release first.
+    for t in &opts.targets {
+        let cells = crate::matrix::grid(t, &opts.stages, opts.cell_duration);
+        if let Some(Ok(text)) = cells.iter().map(|c| c.plan.clone()).find(Result::is_ok) {
+            let plan = Plan::parse(std::path::Path::new("matrix-cell.yaml"), &text)?;
+            crate::driver::fetch_release(&plan.cluster)?;
+        }
+    }
+    crate::sandbox::enter()?;
+    let m = crate::matrix::run_matrix(&opts, &runtime()?)?;
+    println!("{}", opts.out.join("matrix.md").display());
+    println!("{}", opts.out.join("matrix.html").display());
+    Ok(if m.incomplete {
+        exit::CAPABILITY
     } else {
         exit::MET
     })

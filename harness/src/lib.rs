@@ -21,6 +21,7 @@ pub mod exit;
 pub mod explore;
 pub mod history;
 pub mod lazyfs;
+pub mod matrix;
 pub mod nemesis;
 pub mod plan;
 pub mod report;

@@ -76,7 +76,10 @@ impl Cluster {
         run_dir: &Path,
     ) -> Result<Cluster, ClusterError> {
         let recipe = crate::driver::recipe(spec)?;
-        let nodes_dir = run_dir.join("nodes");
+        // Absolute, so a recipe may change directory (Redis's does) and
+        // still find its config and data.
+        let nodes_dir = std::path::absolute(run_dir.join("nodes"))
+            .map_err(|e| ClusterError::io(0, "resolve", run_dir, e))?;
         let mut nodes = Vec::new();
         for id in 1..=spec.nodes {
             let at = placement.add(id, &nodes_dir.join(id.to_string()), lazyfs)?;
