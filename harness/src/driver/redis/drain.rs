@@ -96,16 +96,7 @@ pub fn drain(
                 match after {
                     Ok(after) if after == before => {
                         let high = records.last().map_or(0, |(at, _)| at + 1);
-                        for (offset, value) in records {
-                            history.record(
-                                "drain",
-                                EventKind::Drain {
-                                    partition: 0,
-                                    offset,
-                                    value,
-                                },
-                            );
-                        }
+                        crate::driver::record_drained(history, 0, records);
                         return Ok(BTreeMap::from([(0, high)]));
                     }
                     Ok(after) => format!(

@@ -24,7 +24,7 @@ use super::{
     Drained, Driver, DriverError, Member, MemberSetup, NodeRecipe, Producer, ProducerSetup,
     Protocol, TopicLayout,
 };
-use crate::history::{EventKind, History};
+use crate::history::History;
 use crate::plan::{ClusterSpec, Readiness, TopicSpec};
 
 /// The name the Sentinels monitor the primary under.
@@ -435,20 +435,7 @@ impl Driver for RedisDriver {
         history: &History,
     ) -> Option<Drained> {
         let result = drain::drain(&self.nodes, topic, timeout, history);
-        let (complete, high, error) = match &result {
-            Ok(h) => (true, h.clone(), None),
-            Err(e) => (false, Default::default(), Some(e.clone())),
-        };
-        history.record(
-            "drain",
-            EventKind::DrainEnd {
-                complete,
-                high_watermarks: high.iter().map(|(p, h)| (p.to_string(), *h)).collect(),
-                error,
-                unreadable: Vec::new(),
-            },
-        );
-        result.ok().map(|high| Drained { high })
+        super::end_drain(history, result.map(|high| (high, Vec::new())))
     }
 }
 
