@@ -153,19 +153,39 @@ pub struct Cell {
 }
 
 impl Cell {
-    /// The cell's colour class: acknowledged messages lost, duplicated
-    /// (stored or processed twice), none, or nothing to say.
+    /// The counts this cell's stage is about: acknowledged messages lost
+    /// or stored twice (produce, store), or processed messages skipped or
+    /// processed twice (consume; a redelivery elsewhere is only the
+    /// members' at-least-once).
+    fn shown(&self) -> &'static [&'static str] {
+        match self.stage {
+            Stage::Consume => &[
+                "lost",
+                "skipped",
+                "lost-commit",
+                "unreadable",
+                "duplicated",
+                "redelivered",
+            ],
+            _ => &["lost", "lost-commit", "unreadable", "duplicated"],
+        }
+    }
+
+    /// The cell's colour class: messages lost, duplicated, none, or
+    /// nothing to say.
     fn class(&self) -> &'static str {
         match &self.status {
             CellStatus::Ran {
                 verdict, counts, ..
             } => {
                 let n = |a: &str| counts.get(a).copied().unwrap_or(0);
-                if n("lost") + n("skipped") + n("lost-commit") + n("unreadable") > 0 {
+                let shown = self.shown();
+                let any = |names: &[&str]| names.iter().any(|a| shown.contains(a) && n(a) > 0);
+                if any(&["lost", "skipped", "lost-commit", "unreadable"]) {
                     "lost"
                 } else if verdict == "unknown" {
                     "unknown"
-                } else if n("duplicated") + n("redelivered") > 0 {
+                } else if any(&["duplicated", "redelivered"]) {
                     "duplicated"
                 } else {
                     "none"
@@ -185,20 +205,14 @@ impl Cell {
                 acked,
                 ..
             } => {
-                let mut parts: Vec<String> = [
-                    "lost",
-                    "skipped",
-                    "lost-commit",
-                    "unreadable",
-                    "duplicated",
-                    "redelivered",
-                ]
-                .iter()
-                .filter_map(|a| {
-                    let n = counts.get(*a).copied().unwrap_or(0);
-                    (n > 0).then(|| format!("{a} {n}"))
-                })
-                .collect();
+                let mut parts: Vec<String> = self
+                    .shown()
+                    .iter()
+                    .filter_map(|a| {
+                        let n = counts.get(*a).copied().unwrap_or(0);
+                        (n > 0).then(|| format!("{a} {n}"))
+                    })
+                    .collect();
                 if parts.is_empty() {
                     parts.push("nothing lost or duplicated".into());
                 }
@@ -776,7 +790,11 @@ mod tests {
     fn cells_are_coloured_by_what_was_lost_or_duplicated() {
         let ran = |counts: &[(&str, u64)], verdict: &str| Cell {
             broker: "x".into(),
-            stage: Stage::Store,
+            stage: if counts.iter().any(|(a, _)| *a == "skipped") {
+                Stage::Consume
+            } else {
+                Stage::Store
+            },
             scenario: "s",
             setting: "d",
             status: CellStatus::Ran {
@@ -794,6 +812,11 @@ mod tests {
         assert_eq!(ran(&[("skipped", 1)], "invalid").class(), "lost");
         assert_eq!(ran(&[("duplicated", 2)], "valid").class(), "duplicated");
         assert_eq!(ran(&[("lost", 0)], "valid").class(), "none");
+        // A store cell is about what was stored: redeliveries are the
+        // members' at-least-once, not shown.
+        let store = ran(&[("redelivered", 5)], "valid");
+        assert_eq!(store.class(), "none");
+        assert!(store.text().starts_with("nothing lost"), "{}", store.text());
         assert_eq!(ran(&[], "unknown").class(), "unknown");
         let cells = vec![ran(&[("lost", 3)], "invalid")];
         let md = markdown(Path::new("/tmp/out"), &cells, Duration::from_secs(60));
