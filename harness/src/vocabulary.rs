@@ -27,7 +27,9 @@ pub enum Anomaly {
     Recovered,
     /// One producer, one partition, in-flight 1: a later ack at a lower offset.
     Reordered,
-    /// Below the group's committed offset, never processed by the group.
+    /// Below the group's committed offset, or acknowledged by a member on
+    /// its own (per-message acknowledgement), and never processed by the
+    /// group.
     Skipped,
     /// A consumer's offsets go backwards without a restart or rebalance.
     NonmonotonicPoll,

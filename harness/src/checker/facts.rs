@@ -48,6 +48,8 @@ pub struct OffsetInfo {
     pub value: Value,
     pub drained: bool,
     pub processed: bool,
+    /// A member acknowledged it (per-message acknowledgement).
+    pub acked: bool,
 }
 
 /// A fault's time window.
@@ -331,6 +333,10 @@ impl Facts {
                 value,
             } => self.on_drain(&value, partition, offset),
             EventKind::Commit { partition, offset } => self.on_commit(partition, offset),
+            EventKind::Ack { partition, offset } => {
+                self.tick();
+                self.offsets.entry(partition as u64, offset as u64).acked = true;
+            }
             EventKind::GroupCommitted { partition, offset } => {
                 self.on_group_committed(partition, offset);
             }

@@ -277,6 +277,33 @@ fn reordered_only_with_one_in_flight() {
 }
 
 #[test]
+fn skipped_when_acknowledged_one_by_one_but_never_processed() {
+    // Per-message acknowledgement (JetStream, Redis): no committed offset;
+    // a message a member acknowledged and nobody processed is skipped, one
+    // acknowledged after processing, or never acknowledged, is not.
+    let mut h = H::new(5);
+    for i in 0..4 {
+        h.ok(&format!("p0-{i}"), 0, 100 + i);
+    }
+    h.deliver("c0#1", "p0-0", 0, 100);
+    for o in [100, 101] {
+        h.ev(
+            "c0#1",
+            EventKind::Ack {
+                partition: 0,
+                offset: o,
+            },
+        );
+    }
+    for i in 0..4 {
+        h.drain(&format!("p0-{i}"), 0, 100 + i);
+    }
+    let o = h.done();
+    only(&o, Anomaly::Skipped, 1);
+    assert_eq!(o.examples[&Anomaly::Skipped][0], "0/101 p0-1");
+}
+
+#[test]
 fn skipped_below_the_committed_offset() {
     let mut h = H::new(5);
     for i in 0..4 {

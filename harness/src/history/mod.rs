@@ -74,6 +74,10 @@ pub enum EventKind {
     },
     /// A consumer's commit of `offset` (the next offset to read) succeeded.
     Commit { partition: i32, offset: i64 },
+    /// A member acknowledged this message on its own (brokers with
+    /// per-message acknowledgement: JetStream, Redis): the group will not
+    /// be given it again.
+    Ack { partition: i32, offset: i64 },
     /// The group's committed offset of a partition as the broker has it
     /// after the heal, once the consumers stopped (what a new member
     /// would start from).

@@ -156,6 +156,9 @@ fn consume(
     crash: &AtomicBool,
 ) -> Result<bool, String> {
     let policy = job.spec.commit;
+    // A broker without committed positions acknowledges per message; with
+    // auto it takes a message as done once delivered.
+    let per_message = job.driver.committed_positions().is_none();
     loop {
         if stop.load(Ordering::SeqCst) {
             return Ok(false);
@@ -163,6 +166,9 @@ fn consume(
         let batch = m.poll(BATCH).map_err(|e| format!("poll: {e}"))?;
         if batch.is_empty() {
             continue;
+        }
+        if per_message && policy == CommitPolicy::Auto {
+            record_acks(name, job, &batch);
         }
         if policy == CommitPolicy::BeforeProcess && !commit(name, m, job, &batch) {
             continue;
@@ -217,6 +223,12 @@ fn process(name: &str, job: &ConsumerJob, d: &Delivery) {
 /// the commit failed.
 fn commit(name: &str, m: &mut dyn Member, job: &ConsumerJob, batch: &[Delivery]) -> bool {
     match m.commit(batch) {
+        Ok(positions) if positions.is_empty() && job.driver.committed_positions().is_none() => {
+            // Acknowledged one by one: the checker holds the group to
+            // having processed each.
+            record_acks(name, job, batch);
+            true
+        }
         Ok(positions) => {
             for (partition, offset) in positions {
                 job.history
@@ -233,6 +245,19 @@ fn commit(name: &str, m: &mut dyn Member, job: &ConsumerJob, batch: &[Delivery])
             );
             false
         }
+    }
+}
+
+/// Records a per-message acknowledgement of each message of `batch`.
+fn record_acks(name: &str, job: &ConsumerJob, batch: &[Delivery]) {
+    for d in batch {
+        job.history.record(
+            name,
+            EventKind::Ack {
+                partition: d.partition,
+                offset: d.position,
+            },
+        );
     }
 }
 

@@ -206,6 +206,37 @@ impl RedisMember {
     }
 }
 
+impl RedisMember {
+    /// New entries for this member (XREADGROUP ... >), waiting up to
+    /// `block` ms for the first.
+    fn read_new(&mut self, count: usize, block: Option<u64>) -> Result<Vec<Delivery>, DriverError> {
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.name)
+            .arg("COUNT")
+            .arg(count);
+        if let Some(ms) = block {
+            read.arg("BLOCK").arg(ms);
+        }
+        if self.auto {
+            read.arg("NOACK");
+        }
+        let got: Option<StreamReadReply> = read
+            .arg("STREAMS")
+            .arg(&self.key)
+            .arg(">")
+            .query(&mut self.con)
+            .map_err(|e| DriverError::refused("XREADGROUP", e))?;
+        Ok(got
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .filter_map(|e| Self::delivery(&e, false))
+            .collect())
+    }
+}
+
 impl Member for RedisMember {
     fn poll(&mut self, max: usize) -> Result<Vec<Delivery>, DriverError> {
         let failed = |what: &str, e: redis::RedisError| DriverError::refused(what, e);
@@ -228,29 +259,14 @@ impl Member for RedisMember {
                     .collect());
             }
         }
-        let mut read = redis::cmd("XREADGROUP");
-        read.arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.name)
-            .arg("COUNT")
-            .arg(max)
-            .arg("BLOCK")
-            .arg(200);
-        if self.auto {
-            read.arg("NOACK");
+        // A batch is what arrives within 50 ms of its first entry (as the
+        // Kafka driver's): XREADGROUP answers as soon as one entry is there.
+        let mut got = self.read_new(max, Some(200))?;
+        if !got.is_empty() && got.len() < max {
+            std::thread::sleep(Duration::from_millis(50));
+            got.extend(self.read_new(max - got.len(), None)?);
         }
-        let got: Option<StreamReadReply> = read
-            .arg("STREAMS")
-            .arg(&self.key)
-            .arg(">")
-            .query(&mut self.con)
-            .map_err(|e| failed("XREADGROUP", e))?;
-        Ok(got
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .filter_map(|e| Self::delivery(&e, false))
-            .collect())
+        Ok(got)
     }
 
     fn commit(&mut self, batch: &[Delivery]) -> Result<Vec<(i32, i64)>, DriverError> {
