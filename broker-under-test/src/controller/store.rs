@@ -516,6 +516,54 @@ mod tests {
         }
     }
 
+    /// A diagnosis tool, not a check: replays a controller directory
+    /// (`UNLOST_REPLAY=<dir>`: snapshot.json, then every entry of raft.log
+    /// after it) and prints each change of every partition's leader or
+    /// epoch. Two nodes' replays of the same log must end the same; a live
+    /// node whose Metadata disagrees with its own replay skipped entries.
+    /// `UNLOST_REPLAY=... cargo test -p unlost-broker replay_ -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn replay_a_controller_dir() {
+        let Ok(dir) = std::env::var("UNLOST_REPLAY") else {
+            return;
+        };
+        let dir = Path::new(&dir);
+        let snap: Option<StoredSnapshot> = read_json(&dir.join(SNAPSHOT_FILE)).unwrap();
+        let from = snap
+            .as_ref()
+            .and_then(|s| s.meta.last_log_id)
+            .map_or(0, |l| l.index);
+        let mut state = snap.map(|s| s.state).unwrap_or_default();
+        let (records, _) = decode_records(&std::fs::read(dir.join(LOG_FILE)).unwrap());
+        println!("snapshot at {from}; log {} entries", records.len());
+        let view = |s: &ClusterState| {
+            s.topics
+                .iter()
+                .flat_map(|(t, ts)| {
+                    ts.partitions.iter().enumerate().map(move |(i, p)| {
+                        format!("{t}/{i} leader {} epoch {} isr {:?}", p.leader, p.leader_epoch, p.isr)
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut last = view(&state);
+        for e in records.into_iter().filter(|e| e.log_id.index > from) {
+            if let EntryPayload::Normal(cmd) = e.payload {
+                let shown = format!("{cmd:?}");
+                state.apply(e.log_id.index, cmd);
+                let now = view(&state);
+                for (a, b) in last.iter().zip(&now) {
+                    if a != b {
+                        println!("{} ({}): {b}", e.log_id.index, shown.chars().take(80).collect::<String>());
+                    }
+                }
+                last = now;
+            }
+        }
+        println!("end: {last:?}");
+    }
+
     #[test]
     fn openraft_storage_suite() {
         Suite::test_all(OnDisk).expect("openraft's storage suite");
