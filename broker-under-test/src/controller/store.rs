@@ -542,7 +542,10 @@ mod tests {
                 .iter()
                 .flat_map(|(t, ts)| {
                     ts.partitions.iter().enumerate().map(move |(i, p)| {
-                        format!("{t}/{i} leader {} epoch {} isr {:?}", p.leader, p.leader_epoch, p.isr)
+                        format!(
+                            "{t}/{i} leader {} epoch {} isr {:?}",
+                            p.leader, p.leader_epoch, p.isr
+                        )
                     })
                 })
                 .collect::<Vec<_>>()
@@ -555,7 +558,11 @@ mod tests {
                 let now = view(&state);
                 for (a, b) in last.iter().zip(&now) {
                     if a != b {
-                        println!("{} ({}): {b}", e.log_id.index, shown.chars().take(80).collect::<String>());
+                        println!(
+                            "{} ({}): {b}",
+                            e.log_id.index,
+                            shown.chars().take(80).collect::<String>()
+                        );
                     }
                 }
                 last = now;
