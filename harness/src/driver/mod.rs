@@ -256,6 +256,14 @@ pub trait Producer: Send + Sync {
     /// attempt per value and the client's retries are invisible).
     fn retries_internally(&self) -> bool;
 
+    /// What the client knows of its connections (librdkafka's statistics:
+    /// broker states, queued and unanswered requests, partition leaders),
+    /// for a note when this producer's sends have all been failing for a
+    /// while. None when the client cannot tell.
+    fn diagnose(&self) -> Option<String> {
+        None
+    }
+
     /// One attempt: resolves once the broker answered or the attempt timed
     /// out (the spec's timeout, plus the client's own retries when it
     /// retries internally). `value` is the value id (an idempotence key

@@ -5,7 +5,7 @@
 //! duplicates can be traced to retries. A client that retries internally
 //! (an idempotent Kafka producer) gets one attempt per value.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +48,11 @@ pub async fn run(job: ProducerJob, mut stop: watch::Receiver<bool>) -> Result<()
     let per_second = job.spec.rate / f64::from(job.spec.count.max(1));
     let gap = Duration::from_secs_f64(1.0 / per_second);
     let start = Instant::now();
+    let stall = Arc::new(Stall {
+        start,
+        last_ok_ms: AtomicU64::new(0),
+        last_note_ms: AtomicU64::new(0),
+    });
     let mut tasks = JoinSet::new();
     let mut seq: u64 = 0;
     loop {
@@ -77,6 +82,7 @@ pub async fn run(job: ProducerJob, mut stop: watch::Receiver<bool>) -> Result<()
             retries: job.spec.retries,
             topic: job.topic.clone(),
             name: name.clone(),
+            stall: stall.clone(),
         };
         tasks.spawn(async move { send.value(value, payload, route).await });
         while tasks.len() > 20_000 {
@@ -88,8 +94,44 @@ pub async fn run(job: ProducerJob, mut stop: watch::Receiver<bool>) -> Result<()
     Ok(())
 }
 
+/// How long a producer may go without an acknowledgement before the
+/// history notes what its client sees (at most once per such period).
+const STALL: Duration = Duration::from_secs(60);
+
+/// When this producer's sends last succeeded, and when a stall was noted
+/// (ms since the producer started).
+struct Stall {
+    start: Instant,
+    last_ok_ms: AtomicU64,
+    last_note_ms: AtomicU64,
+}
+
+impl Stall {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn ok(&self) {
+        self.last_ok_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Some(seconds without an ack) when a stall is due to be noted.
+    fn due(&self) -> Option<u64> {
+        let now = self.now_ms();
+        let stall = STALL.as_millis() as u64;
+        let since_ok = now.saturating_sub(self.last_ok_ms.load(Ordering::Relaxed));
+        let since_note = now.saturating_sub(self.last_note_ms.load(Ordering::Relaxed));
+        if since_ok < stall || since_note < stall {
+            return None;
+        }
+        self.last_note_ms.store(now, Ordering::Relaxed);
+        Some(since_ok / 1000)
+    }
+}
+
 /// What the sends of one producer share.
 struct Send {
+    stall: Arc<Stall>,
     producer: Arc<dyn Producer>,
     history: History,
     status: Arc<Status>,
@@ -136,6 +178,7 @@ impl Send {
                         },
                     );
                     self.status.acked.fetch_add(1, Ordering::Relaxed);
+                    self.stall.ok();
                     return;
                 }
                 Completion::Fail(error) => h.record(
@@ -148,6 +191,19 @@ impl Send {
                 ),
                 Completion::Info(error) => {
                     all_definite = false;
+                    if let Some(secs) = self.stall.due() {
+                        h.record(
+                            name,
+                            EventKind::Note {
+                                message: format!(
+                                    "{name}: no send acknowledged for {secs} s; the client sees: {}",
+                                    self.producer
+                                        .diagnose()
+                                        .unwrap_or_else(|| "nothing it can tell".into())
+                                ),
+                            },
+                        );
+                    }
                     h.record(
                         name,
                         EventKind::Info {

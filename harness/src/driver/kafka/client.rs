@@ -35,10 +35,70 @@ pub fn definite(e: &KafkaError) -> bool {
     }
 }
 
+/// librdkafka's latest statistics (every 10 s), for `diagnose`.
+type LastStats = std::sync::Arc<std::sync::Mutex<Option<serde_json::Value>>>;
+
+/// Keeps librdkafka's latest statistics.
+#[derive(Default)]
+pub struct StatsContext {
+    last: LastStats,
+}
+
+impl ClientContext for StatsContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        if let Ok(v) = serde_json::from_slice(statistics) {
+            *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+        }
+    }
+}
+
+/// One line from librdkafka's statistics: each broker connection's state
+/// and queues (requests waiting to be sent, awaiting a response, timed
+/// out), and the leader the client believes each partition has.
+fn stats_line(v: &serde_json::Value) -> String {
+    let n = |b: &serde_json::Value, k: &str| b.get(k).and_then(|x| x.as_i64()).unwrap_or(-1);
+    let brokers: Vec<String> = v
+        .get("brokers")
+        .and_then(|b| b.as_object())
+        .map(|m| {
+            m.values()
+                .filter(|b| b.get("nodeid").and_then(|x| x.as_i64()).unwrap_or(-1) >= 0)
+                .map(|b| {
+                    format!(
+                        "node {} {} outbuf {} waitresp {} timeouts {} disconnects {}",
+                        n(b, "nodeid"),
+                        b.get("state").and_then(|x| x.as_str()).unwrap_or("?"),
+                        n(b, "outbuf_cnt"),
+                        n(b, "waitresp_cnt"),
+                        n(b, "req_timeouts"),
+                        n(b, "disconnects"),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let leaders: Vec<String> = v
+        .get("topics")
+        .and_then(|t| t.as_object())
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter_map(|t| t.get("partitions").and_then(|p| p.as_object()))
+        .flat_map(|m| m.iter())
+        .filter(|(k, _)| !k.starts_with('-'))
+        .map(|(k, p)| format!("{k}->{}", n(p, "leader")))
+        .collect();
+    format!(
+        "{}; partition leaders {}",
+        brokers.join(", "),
+        leaders.join(" ")
+    )
+}
+
 /// A librdkafka producer. Idempotent: librdkafka retries internally
 /// within `timeout * (retries + 1)`; otherwise it never retries.
 pub struct KafkaProducer {
-    client: FutureProducer,
+    client: FutureProducer<StatsContext>,
+    stats: LastStats,
     idempotent: bool,
     /// How long to wait for a delivery report: message.timeout.ms plus slack.
     wait: Duration,
@@ -58,6 +118,8 @@ impl KafkaProducer {
             )
             .set("request.timeout.ms", &timeout)
             .set("log_level", "0")
+            // For `diagnose`: what the client sees of its connections.
+            .set("statistics.interval.ms", "10000")
             // Reconnect quickly after a node restarts (default backoff grows to 10 s).
             .set("reconnect.backoff.max.ms", "1000");
         let total = if s.idempotent {
@@ -72,12 +134,18 @@ impl KafkaProducer {
                 .set("message.send.max.retries", "0");
         }
         c.set("message.timeout.ms", total.as_millis().to_string());
-        let client = c.create().map_err(|e| DriverError::Connect {
-            to: bootstrap.to_string(),
-            reason: format!("producer {}: {e}", setup.index),
-        })?;
+        let stats = LastStats::default();
+        let client = c
+            .create_with_context(StatsContext {
+                last: stats.clone(),
+            })
+            .map_err(|e| DriverError::Connect {
+                to: bootstrap.to_string(),
+                reason: format!("producer {}: {e}", setup.index),
+            })?;
         Ok(KafkaProducer {
             client,
+            stats,
             idempotent: s.idempotent,
             wait: total + Duration::from_secs(5),
         })
@@ -87,6 +155,11 @@ impl KafkaProducer {
 impl Producer for KafkaProducer {
     fn retries_internally(&self) -> bool {
         self.idempotent
+    }
+
+    fn diagnose(&self) -> Option<String> {
+        let last = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref().map(stats_line)
     }
 
     fn send<'a>(
@@ -280,4 +353,25 @@ pub fn committed(
             _ => None,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_statistics_line_names_each_connection_and_leader() {
+        let v: serde_json::Value = serde_json::from_str(
+            r#"{"brokers": {
+                 "10.77.1.2:9092/1": {"nodeid": 1, "state": "UP", "outbuf_cnt": 0, "waitresp_cnt": 3, "req_timeouts": 7, "disconnects": 2},
+                 "GroupCoordinator": {"nodeid": -1, "state": "UP"}},
+               "topics": {"unlost": {"partitions": {
+                 "0": {"leader": 1}, "1": {"leader": 3}, "-1": {"leader": -1}}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            stats_line(&v),
+            "node 1 UP outbuf 0 waitresp 3 timeouts 7 disconnects 2; partition leaders 0->1 1->3"
+        );
+    }
 }
