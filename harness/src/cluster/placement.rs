@@ -332,7 +332,18 @@ fn damage_newest(
     ))
 }
 
-/// The newest `*.log` file under `dir` (or the newest file when none).
+/// Whether `p` is a log segment: `<base offset>.log`, as Kafka and
+/// unlost-broker name them. A broker's other `.log` files (unlost-broker's
+/// controller/raft.log) are not segments: the `corrupt` fault damaged a
+/// Raft log once, which no broker can survive silently.
+fn is_segment(p: &Path) -> bool {
+    p.extension().is_some_and(|x| x == "log")
+        && p.file_stem()
+            .and_then(|s| s.to_str())
+            .is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The newest segment file under `dir` (or the newest file when none).
 fn newest_file(dir: &Path) -> Option<PathBuf> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -341,15 +352,40 @@ fn newest_file(dir: &Path) -> Option<PathBuf> {
             let p = e.path();
             match e.metadata() {
                 Ok(m) if m.is_dir() => stack.push(p),
-                Ok(m) if m.is_file() => files.push((
-                    p.extension().is_some_and(|x| x == "log"),
-                    m.modified().ok(),
-                    p,
-                )),
+                Ok(m) if m.is_file() => files.push((is_segment(&p), m.modified().ok(), p)),
                 _ => {}
             }
         }
     }
     files.sort();
     files.pop().map(|(_, _, p)| p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_corrupt_fault_picks_the_newest_segment_not_another_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join("unlost-0/00000000000000000000.log");
+        let raft = dir.path().join("controller/raft.log");
+        for f in [&seg, &raft] {
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        }
+        std::fs::write(&seg, b"segment").unwrap();
+        std::fs::write(&raft, b"raft, written last").unwrap();
+        let earlier = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_modified(earlier)
+            .unwrap();
+        assert_eq!(newest_file(dir.path()), Some(seg.clone()));
+        assert!(is_segment(&seg) && !is_segment(&raft));
+        std::fs::remove_file(&seg).unwrap();
+        // No segment at all: the newest file.
+        assert_eq!(newest_file(dir.path()), Some(raft));
+    }
 }
