@@ -790,7 +790,9 @@ mod tests {
         let mut flipped = whole.clone();
         flipped[one.len() + 10] ^= 0x04;
         std::fs::write(&path, &flipped).unwrap();
-        let err = LogStore::open(dir.path()).err().expect("refused");
+        let Err(err) = LogStore::open(dir.path()) else {
+            panic!("a corrupt controller log was opened");
+        };
         assert!(err.contains("the controller log is corrupt"), "{err}");
         assert_eq!(
             std::fs::read(&path).unwrap(),
