@@ -62,6 +62,20 @@ impl Anomaly {
         )
     }
 
+    /// Whether the anomaly rests on positions (offsets growing within a
+    /// partition); for a queue, whose messages have none, it is not
+    /// applicable.
+    pub fn needs_positions(self) -> bool {
+        matches!(
+            self,
+            Anomaly::Unreadable
+                | Anomaly::InconsistentOffset
+                | Anomaly::Reordered
+                | Anomaly::NonmonotonicPoll
+                | Anomaly::LostCommit
+        )
+    }
+
     /// The name used in plans, results and reports.
     pub fn name(self) -> &'static str {
         match self {

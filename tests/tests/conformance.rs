@@ -29,15 +29,26 @@ struct Fixture {
     dir: tempfile::TempDir,
     /// Partitions per topic this broker has (a NATS stream has one).
     partitions: i32,
+    /// Whether messages have positions (a queue's have none: -1).
+    positions: bool,
 }
 
 fn start(broker: BrokerKind, partitions: i32) -> Fixture {
+    start_with(broker, partitions, BTreeMap::new())
+}
+
+fn start_with(
+    broker: BrokerKind,
+    partitions: i32,
+    settings: BTreeMap<String, String>,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
+    let positions = broker.has_positions();
     let spec = ClusterSpec {
         broker,
         nodes: 3,
         version: None,
-        settings: BTreeMap::new(),
+        settings,
         properties: BTreeMap::new(),
         recipe: None,
     };
@@ -56,6 +67,7 @@ fn start(broker: BrokerKind, partitions: i32) -> Fixture {
         history,
         dir,
         partitions,
+        positions,
     }
 }
 
@@ -231,7 +243,7 @@ fn produce_each_acks(f: &Fixture) {
             30,
             "acks {name}: every send ok on a healthy cluster: {sent:?}"
         );
-        if acks == Acks::None {
+        if acks == Acks::None || !f.positions {
             continue;
         }
         // Positions are unique and grow in send order within a partition.
@@ -520,5 +532,81 @@ fn the_redis_driver_conforms() {
         "acks all without replicas: {all:?}"
     );
     assert!(matches!(one[0].1, Completion::Ok { .. }), "acks 1: {one:?}");
+    leader_kill_heal_drain(&mut f);
+}
+
+#[test]
+fn the_rabbitmq_driver_conforms() {
+    if !unlost_tests::prerequisite(
+        nix::unistd::geteuid().is_root(),
+        "root: RabbitMQ's nodes need a host each (network namespaces)",
+    ) {
+        return;
+    }
+    let spec = |settings: BTreeMap<String, String>| ClusterSpec {
+        broker: BrokerKind::Rabbitmq,
+        nodes: 3,
+        version: None,
+        settings,
+        properties: BTreeMap::new(),
+        recipe: None,
+    };
+    // Each node on a host of its own, as `unlost run` does: this test's
+    // thread (and what it starts) enters a sandbox of its own.
+    unlost::sandbox::enter().expect("sandbox");
+    if !unlost_tests::prerequisite(
+        unlost::driver::rabbitmq::recipe(&spec(BTreeMap::new())).is_ok(),
+        "rabbitmq-server (apt-get install rabbitmq-server)",
+    ) {
+        return;
+    }
+    let quorum = BTreeMap::from([("queue_type".to_string(), "quorum".to_string())]);
+    let mut f = start_with(BrokerKind::Rabbitmq, 1, quorum);
+    shared_scenarios(&f);
+    // Negative: a queue that does not exist takes nothing (the message
+    // comes back unroutable), definitely.
+    let c = send_one(&f, "conf-no-queue", Route::Partition(0));
+    assert!(matches!(c, Completion::Fail(_)), "no queue: {c:?}");
+    // Negative: a member of a queue that does not exist is refused.
+    let setup = MemberSetup {
+        spec: ConsumerSpec {
+            count: 1,
+            group: "g".into(),
+            commit: CommitPolicy::AfterProcess,
+        },
+        topic: "conf-no-queue".into(),
+        name: "c".into(),
+        history: f.history.clone(),
+    };
+    assert!(f.driver.member(setup).is_err(), "no queue, no member");
+    // Negative: a full queue that rejects publishes nacks: a definite
+    // failure (the checker holds the driver to it with `unexpected`).
+    let addr = f.cluster.nodes[0].addr();
+    f.rt.block_on(async {
+        use lapin::types::{AMQPValue, FieldTable, LongString};
+        let conn = lapin::Connection::connect(
+            &format!("amqp://guest:guest@{addr}/%2f"),
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString(LongString::from("reject-publish")),
+        );
+        ch.queue_declare("conf-full", Default::default(), args)
+            .await
+            .unwrap();
+        conn.close(200, "done").await.unwrap();
+    });
+    let sent = f.produce("conf-full", Acks::All, "full", 2);
+    assert!(matches!(sent[0].1, Completion::Ok { .. }), "{sent:?}");
+    assert!(
+        matches!(&sent[1].1, Completion::Fail(e) if e.contains("nack")),
+        "a full queue nacks: {sent:?}"
+    );
     leader_kill_heal_drain(&mut f);
 }

@@ -33,6 +33,9 @@ pub struct SendState {
     pub infos: u32,
     /// Times the group processed it.
     pub delivered: u32,
+    /// Times a member acknowledged it by value (a queue's messages, which
+    /// the acknowledgement removes).
+    pub taken: u32,
     /// First acknowledgement: partition, offset, time.
     pub ok: Option<(i32, i64, u64)>,
     /// Where the final drain first found it.
@@ -101,6 +104,9 @@ pub struct Facts {
     pub max_in_flight: u32,
     /// Consumers the plan ran.
     pub consumers: u32,
+    /// The broker is a queue: no positions; what the group acknowledged
+    /// is gone from it.
+    pub queue: bool,
     /// Per plan fault (index in `faults:`): firings that acted or not.
     pub fault_lines: BTreeMap<u32, FaultLine>,
     /// Per harness value (producer, sequence): attempts, ack, drain.
@@ -249,6 +255,10 @@ impl Facts {
             Value::Other(_) => *self.foreign_deliveries.entry(v).or_default() += 1,
         }
         self.delivered_total += 1;
+        if o < 0 {
+            // A queue's delivery: no position to follow.
+            return;
+        }
         let key = (self.process_id(process), p);
         if let Some(&last) = self.last_polled.get(&key) {
             if o <= last {
@@ -290,6 +300,9 @@ impl Facts {
                 }
             }
             self.drained_again.entry(v).or_default().push((p, o));
+        }
+        if o < 0 {
+            return;
         }
         self.see(p, o, v, "drain");
         self.offsets.entry(p as u64, o as u64).drained = true;
@@ -333,9 +346,20 @@ impl Facts {
                 value,
             } => self.on_drain(&value, partition, offset),
             EventKind::Commit { partition, offset } => self.on_commit(partition, offset),
-            EventKind::Ack { partition, offset } => {
+            EventKind::Ack {
+                partition,
+                offset,
+                value,
+            } => {
                 self.tick();
-                self.offsets.entry(partition as u64, offset as u64).acked = true;
+                if offset >= 0 {
+                    self.offsets.entry(partition as u64, offset as u64).acked = true;
+                }
+                if let Some(id) = value.as_deref().and_then(ValueId::parse) {
+                    self.sends
+                        .entry(u64::from(id.producer()), id.seq())
+                        .taken += 1;
+                }
             }
             EventKind::GroupCommitted { partition, offset } => {
                 self.on_group_committed(partition, offset);
@@ -359,12 +383,14 @@ impl Facts {
                         seed,
                         max_in_flight,
                         consumers,
+                        queue,
                         ..
                     } => {
                         self.plan = plan;
                         self.seed = seed;
                         self.max_in_flight = max_in_flight;
                         self.consumers = consumers;
+                        self.queue = queue;
                     }
                     EventKind::FaultSkipped {
                         fault,

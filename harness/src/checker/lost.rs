@@ -1,4 +1,6 @@
-//! Property: every acknowledged message is in the final drain.
+//! Property: every acknowledged message is in the final drain (for a
+//! queue: in the final drain, or acknowledged by the group, which took it
+//! out of the queue).
 //! Violation: `lost`, listed with its ack and the faults around it; an
 //! absent message acknowledged inside a range the broker reported but did
 //! not serve is `unreadable` instead (see unreadable.rs).
@@ -35,7 +37,9 @@ pub fn absent(f: &Facts, unreadable: bool) -> Vec<LostMessage> {
         .sends()
         .filter_map(|(v, s)| {
             let (partition, offset, t) = s.ok?;
-            if s.drained_at.is_some() || f.unreadable_at(partition, offset).is_some() != unreadable
+            if s.drained_at.is_some()
+                || (f.queue && s.taken > 0)
+                || f.unreadable_at(partition, offset).is_some() != unreadable
             {
                 return None;
             }

@@ -12,8 +12,9 @@
 //! `inconsistent-offset` and `nonmonotonic-poll` need positions. A broker
 //! without positions (a queue) would report deliveries and
 //! acknowledgements by value only; for it the position properties are "not
-//! applicable", reported as such rather than as 0 (the queue model comes
-//! with the first queue driver; see `driver` and docs/adding-a-broker.md).
+//! applicable", reported as such rather than as 0 (`Outcome::not_applicable`).
+//! In a queue, consumers remove what they acknowledge: a message the group
+//! acknowledged is accounted for without the drain (lost.rs, skipped.rs).
 
 pub mod dense;
 pub mod duplicated;
@@ -100,6 +101,10 @@ pub struct Outcome {
     pub lost: Vec<lost::LostMessage>,
     pub duplicates_by_cause: BTreeMap<String, u64>,
     pub expectations: Vec<Expectation>,
+    /// Anomalies that cannot be checked for this broker (a queue has no
+    /// positions): reports say "n/a", not 0.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_applicable: Vec<Anomaly>,
     /// Whether every expectation is met (false when any cannot be told).
     pub expectations_met: bool,
 }
@@ -258,8 +263,17 @@ pub fn evaluate(f: &Facts, expect: &BTreeMap<Anomaly, Expect>) -> Outcome {
         Verdict::Valid
     };
     let decidable = drain_complete && floor.is_empty();
+    let not_applicable: Vec<Anomaly> = if f.queue {
+        Anomaly::ALL
+            .into_iter()
+            .filter(|a| a.needs_positions())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let expectations: Vec<Expectation> = expect
         .iter()
+        .filter(|(a, _)| !not_applicable.contains(a))
         .map(|(a, e)| {
             let got = counts[a];
             Expectation {
@@ -290,6 +304,7 @@ pub fn evaluate(f: &Facts, expect: &BTreeMap<Anomaly, Expect>) -> Outcome {
         lost,
         duplicates_by_cause,
         expectations,
+        not_applicable,
         expectations_met,
     }
 }

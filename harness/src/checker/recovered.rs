@@ -3,11 +3,16 @@
 
 use super::facts::Facts;
 
-/// Indeterminate sends present in the drain.
+/// Indeterminate sends present in the drain (or, in a queue, given to
+/// the group).
 pub fn check(f: &Facts) -> Vec<String> {
     let mut out: Vec<_> = f
         .sends()
-        .filter(|(_, s)| s.ok.is_none() && s.infos > 0 && s.drained_at.is_some())
+        .filter(|(_, s)| {
+            s.ok.is_none()
+                && s.infos > 0
+                && (s.drained_at.is_some() || (f.queue && s.delivered > 0))
+        })
         .map(|(v, _)| v)
         .collect();
     out.sort();

@@ -26,9 +26,34 @@ impl H {
                 max_in_flight,
                 retries: 2,
                 consumers: 0,
+                queue: false,
             },
         );
         h
+    }
+    /// A history of a queue: no positions, consumers take what they ack.
+    fn queue() -> Self {
+        let mut h = H::new(5);
+        h.events[0].kind = EventKind::Run {
+            plan: "t".into(),
+            seed: 1,
+            partitions: 1,
+            max_in_flight: 5,
+            retries: 2,
+            consumers: 1,
+            queue: true,
+        };
+        h
+    }
+    fn ack(&mut self, c: &str, v: &str) -> &mut Self {
+        self.ev(
+            c,
+            EventKind::Ack {
+                partition: 0,
+                offset: -1,
+                value: Some(v.into()),
+            },
+        )
     }
     fn ev(&mut self, process: &str, kind: EventKind) -> &mut Self {
         self.t += 1000;
@@ -292,6 +317,7 @@ fn skipped_when_acknowledged_one_by_one_but_never_processed() {
             EventKind::Ack {
                 partition: 0,
                 offset: o,
+                value: None,
             },
         );
     }
@@ -301,6 +327,60 @@ fn skipped_when_acknowledged_one_by_one_but_never_processed() {
     let o = h.done();
     only(&o, Anomaly::Skipped, 1);
     assert_eq!(o.examples[&Anomaly::Skipped][0], "0/101 p0-1");
+}
+
+#[test]
+fn a_queue_accounts_for_what_the_group_took_and_names_what_it_lost() {
+    // p0-0: processed then acked (taken out of the queue): fine.
+    // p0-1: acked before processing, never processed: skipped.
+    // p0-2: still in the queue at the drain: fine.
+    // p0-3: acknowledged by the broker, neither taken nor drained: lost.
+    // p0-4: delivered twice (a redelivery after a crash), then acked.
+    // p0-5: the drain finds it twice: duplicated.
+    // p9-0: never sent, given to a member: unexpected.
+    let mut h = H::queue();
+    for i in 0..6 {
+        h.ok(&format!("p0-{i}"), 0, -1);
+    }
+    h.deliver("c0#1", "p0-0", 0, -1).ack("c0#1", "p0-0");
+    h.ack("c0#1", "p0-1");
+    h.deliver("c0#1", "p0-4", 0, -1);
+    h.ev("c0#1", EventKind::ConsumerCrash);
+    h.deliver("c0#2", "p0-4", 0, -1).ack("c0#2", "p0-4");
+    h.deliver("c0#2", "p9-0", 0, -1).ack("c0#2", "p9-0");
+    h.drain("p0-2", 0, -1).drain("p0-5", 0, -1).drain("p0-5", 0, -1);
+    let o = h.done();
+    let count = |a: Anomaly| o.counts[&a];
+    assert_eq!(count(Anomaly::Lost), 1, "{:?}", o.examples[&Anomaly::Lost]);
+    assert!(o.examples[&Anomaly::Lost][0].starts_with("p0-3 "));
+    assert_eq!(o.examples[&Anomaly::Skipped], vec!["p0-1".to_string()]);
+    assert_eq!(o.examples[&Anomaly::Redelivered], vec!["p0-4 x2".to_string()]);
+    assert_eq!(o.examples[&Anomaly::Duplicated].len(), 1);
+    assert_eq!(o.examples[&Anomaly::Unexpected], vec!["p9-0".to_string()]);
+    // Positions say nothing here: those anomalies are not applicable, and
+    // no expectation is held against them.
+    assert_eq!(
+        o.not_applicable,
+        vec![
+            Anomaly::Unreadable,
+            Anomaly::InconsistentOffset,
+            Anomaly::Reordered,
+            Anomaly::NonmonotonicPoll,
+            Anomaly::LostCommit
+        ]
+    );
+    assert!(o.expectations.iter().all(|e| !e.anomaly.needs_positions()));
+    assert!(!crate::report::counts(&o).contains_key("reordered"));
+    assert_eq!(o.verdict, Verdict::Invalid);
+    // The same history as a log would call every taken message lost.
+    let mut log = H::new(5);
+    log.events = h.events.clone();
+    if let EventKind::Run { queue, .. } = &mut log.events[0].kind {
+        *queue = false;
+    }
+    let o = log.check();
+    assert_eq!(o.counts[&Anomaly::Lost], 4);
+    assert!(o.not_applicable.is_empty());
 }
 
 #[test]
@@ -416,6 +496,7 @@ fn a_run_below_the_floor_is_unknown_with_its_reasons() {
         max_in_flight: 5,
         retries: 2,
         consumers: 2,
+        queue: false,
     };
     h.invoke("p0-0", 1);
     for _ in 0..2 {

@@ -17,11 +17,12 @@
 //! offset; a NATS stream is partition 0 and positions are stream sequences;
 //! a Redis stream is partition 0 and an entry id is a position. Positions grow within a
 //! partition; the checker's offset properties (`skipped`, `reordered`,
-//! `inconsistent-offset`, `unexpected-offset`) rest on that. A broker
-//! without positions (a queue: RabbitMQ) will report deliveries without a
-//! position and acknowledgements instead of commits; the checker's queue
-//! model (lost, duplicated, unexpected, redelivered) is the room left for
-//! it, not built yet: such a driver must not invent positions.
+//! `inconsistent-offset`, `nonmonotonic-poll`) rest on that. A broker
+//! without positions (a queue: RabbitMQ) reports position -1 everywhere
+//! (acknowledgements, deliveries, the drain) and per-message
+//! acknowledgements instead of commits; the checker's queue model (lost,
+//! duplicated, unexpected, recovered, redelivered, skipped) takes it from
+//! there. Such a driver must not invent positions.
 //!
 //! # Contracts common to every call
 //! - Blocking calls say so; call them from a blocking thread
@@ -32,6 +33,7 @@
 pub mod cache;
 pub mod kafka;
 pub mod nats;
+pub mod rabbitmq;
 pub mod redis;
 
 use std::collections::BTreeMap;
@@ -91,7 +93,8 @@ impl DriverError {
 /// How one send attempt ended (Jepsen's ok / fail / info).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Completion {
-    /// Acknowledged by the broker at this place.
+    /// Acknowledged by the broker at this place (position -1: none given,
+    /// as with acks 0 or a queue).
     Ok { partition: i32, position: i64 },
     /// Definitely not written: only errors raised before the message left
     /// the client (a full local queue, an unknown partition, an invalid
@@ -114,6 +117,7 @@ pub enum Route {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub partition: i32,
+    /// -1 for a queue's message, which has none.
     pub position: i64,
     /// The value id (see `history::value_of`).
     pub value: String,
@@ -339,6 +343,11 @@ pub enum Protocol {
     Redis {
         wait: u32,
     },
+    /// Whether the queue is a quorum queue, and the consumers' prefetch.
+    Rabbitmq {
+        quorum: bool,
+        prefetch: u16,
+    },
 }
 
 /// How one node is started and judged ready.
@@ -367,6 +376,7 @@ pub fn recipe(spec: &ClusterSpec) -> Result<NodeRecipe, DriverError> {
         BrokerKind::Nats => nats::recipe(spec),
         BrokerKind::Kafka => kafka::apache::recipe(spec),
         BrokerKind::Redis => redis::recipe(spec),
+        BrokerKind::Rabbitmq => rabbitmq::recipe(spec),
         BrokerKind::Custom => {
             let r = spec
                 .recipe
@@ -408,6 +418,9 @@ pub fn connect(
         Protocol::Kafka => Arc::new(kafka::KafkaDriver::new(addrs, recipe.replica_reads)),
         Protocol::Nats => Arc::new(nats::NatsDriver::new(addrs)),
         Protocol::Redis { wait } => Arc::new(redis::RedisDriver::new(addrs, peer_addrs, wait)),
+        Protocol::Rabbitmq { quorum, prefetch } => {
+            Arc::new(rabbitmq::RabbitDriver::new(addrs, quorum, prefetch))
+        }
     }
 }
 

@@ -44,10 +44,16 @@ pub enum EventKind {
         /// Consumers the plan runs (a run with consumers must deliver).
         #[serde(default)]
         consumers: u32,
+        /// The broker is a queue: messages have no positions (offsets are
+        /// -1) and consumers remove what they acknowledge, so a message
+        /// the group acknowledged is accounted for without the drain.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        queue: bool,
     },
     /// A send attempt starts.
     Invoke { value: String, attempt: u32 },
-    /// The attempt was acknowledged at this partition and offset.
+    /// The attempt was acknowledged at this partition and offset (-1:
+    /// none given, as with acks 0 or a queue).
     Ok {
         value: String,
         attempt: u32,
@@ -75,9 +81,15 @@ pub enum EventKind {
     /// A consumer's commit of `offset` (the next offset to read) succeeded.
     Commit { partition: i32, offset: i64 },
     /// A member acknowledged this message on its own (brokers with
-    /// per-message acknowledgement: JetStream, Redis): the group will not
-    /// be given it again.
-    Ack { partition: i32, offset: i64 },
+    /// per-message acknowledgement: JetStream, Redis, RabbitMQ): the group
+    /// will not be given it again. A queue's message has no offset (-1)
+    /// and is named by its value.
+    Ack {
+        partition: i32,
+        offset: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<String>,
+    },
     /// The group's committed offset of a partition as the broker has it
     /// after the heal, once the consumers stopped (what a new member
     /// would start from).

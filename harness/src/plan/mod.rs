@@ -41,6 +41,17 @@ pub enum BrokerKind {
     /// Redis (the installed redis-server) Streams: a primary, replicas and
     /// Sentinels.
     Redis,
+    /// RabbitMQ (the installed rabbitmq-server): a queue, classic or
+    /// quorum, over AMQP 0-9-1.
+    Rabbitmq,
+}
+
+impl BrokerKind {
+    /// Whether messages have positions (a log's offsets, a stream's
+    /// sequences or entry ids); a queue's have none.
+    pub fn has_positions(&self) -> bool {
+        !matches!(self, BrokerKind::Rabbitmq)
+    }
 }
 
 /// How a node is judged ready.

@@ -29,6 +29,12 @@ pub(super) fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
     if cluster.broker == BrokerKind::Redis {
         redis_producers(ctx, &producers)?;
     }
+    if cluster.broker == BrokerKind::Rabbitmq && producers.idempotent {
+        return Err(ctx.err(
+            "producers.idempotent",
+            "RabbitMQ queues do not deduplicate: leave idempotent out",
+        ));
+    }
     let consumers = consumers(ctx, raw.consumers)?;
     let lazyfs = raw.storage.lazyfs.unwrap_or(false);
     let room = Room {
@@ -44,7 +50,7 @@ pub(super) fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
         .enumerate()
         .map(|(i, f)| fault(ctx, &format!("faults[{i}]"), f, &room))
         .collect::<Result<Vec<_>, _>>()?;
-    let expect = expectations(ctx, &raw.expect)?;
+    let expect = expectations(ctx, &raw.expect, &cluster.broker)?;
 
     let drain_timeout = dur(
         ctx,
@@ -95,10 +101,13 @@ fn cluster(ctx: &Ctx, c: RawCluster) -> Result<ClusterSpec, PlanError> {
         "nats" => BrokerKind::Nats,
         "kafka" => BrokerKind::Kafka,
         "redis" => BrokerKind::Redis,
+        "rabbitmq" => BrokerKind::Rabbitmq,
         other => {
             return Err(ctx.err(
                 "cluster.broker",
-                format!("unknown broker {other:?}: use builtin, kafka, nats, redis or custom"),
+                format!(
+                    "unknown broker {other:?}: use builtin, kafka, nats, redis, rabbitmq or custom"
+                ),
             ))
         }
     };
@@ -117,6 +126,7 @@ fn cluster(ctx: &Ctx, c: RawCluster) -> Result<ClusterSpec, PlanError> {
         BrokerKind::Builtin => builtin_settings(ctx, &settings)?,
         BrokerKind::Kafka => kafka_settings(ctx, &settings, nodes)?,
         BrokerKind::Redis => redis_settings(ctx, &settings, nodes)?,
+        BrokerKind::Rabbitmq => rabbitmq_settings(ctx, &settings)?,
         BrokerKind::Custom => {
             if let Some(k) = settings.keys().next() {
                 return Err(ctx.err(
@@ -299,6 +309,39 @@ fn redis_settings(
     Ok(())
 }
 
+/// RabbitMQ's settings: the queue type, the consumers' prefetch, and how
+/// the cluster handles a network partition.
+fn rabbitmq_settings(ctx: &Ctx, settings: &BTreeMap<String, String>) -> Result<(), PlanError> {
+    const KNOWN: &str = "queue_type, prefetch, partition_handling";
+    for (k, v) in settings {
+        let path = format!("cluster.settings.{k}");
+        let (ok, expected) = match k.as_str() {
+            "queue_type" => (
+                matches!(v.as_str(), "classic" | "quorum"),
+                "classic (durable, on one node) or quorum (replicated by Raft)",
+            ),
+            "prefetch" => (
+                v.parse::<u16>().is_ok_and(|n| n >= 1),
+                "the unacknowledged messages a consumer may hold, 1 to 65535",
+            ),
+            "partition_handling" => (
+                matches!(v.as_str(), "ignore" | "pause_minority" | "autoheal"),
+                "ignore, pause_minority or autoheal",
+            ),
+            other => {
+                return Err(ctx.err(
+                    &path,
+                    format!("unknown rabbitmq setting {other:?} (known: {KNOWN})"),
+                ))
+            }
+        };
+        if !ok {
+            return Err(ctx.err(&path, format!("invalid {k} {v:?}: {expected}")));
+        }
+    }
+    Ok(())
+}
+
 /// What a Redis producer can be: XADD is always answered, and Redis
 /// streams do not deduplicate.
 fn redis_producers(ctx: &Ctx, p: &ProducerSpec) -> Result<(), PlanError> {
@@ -448,7 +491,11 @@ fn recipe(
             ))
         }
         (
-            BrokerKind::Builtin | BrokerKind::Nats | BrokerKind::Kafka | BrokerKind::Redis,
+            BrokerKind::Builtin
+            | BrokerKind::Nats
+            | BrokerKind::Kafka
+            | BrokerKind::Redis
+            | BrokerKind::Rabbitmq,
             Some(_),
         ) => return Err(ctx.err("cluster.recipe", "a recipe is only for broker: custom")),
         (_, None) => None,
@@ -514,7 +561,10 @@ fn topic(ctx: &Ctx, t: RawTopic, cluster: &ClusterSpec) -> Result<TopicSpec, Pla
     {
         return Err(ctx.err("topic.name", format!("invalid topic name {topic_name:?}")));
     }
-    let one_sequence = matches!(broker, BrokerKind::Nats | BrokerKind::Redis);
+    let one_sequence = matches!(
+        broker,
+        BrokerKind::Nats | BrokerKind::Redis | BrokerKind::Rabbitmq
+    );
     let partitions = t.partitions.unwrap_or(if one_sequence { 1 } else { 3 });
     if !(1..=1000).contains(&partitions) {
         return Err(ctx.err(
@@ -534,7 +584,32 @@ fn topic(ctx: &Ctx, t: RawTopic, cluster: &ClusterSpec) -> Result<TopicSpec, Pla
             format!("{partitions} partitions: a Redis stream is one sequence; use partitions: 1"),
         ));
     }
-    let replication_factor = if *broker == BrokerKind::Redis {
+    if *broker == BrokerKind::Rabbitmq && partitions != 1 {
+        return Err(ctx.err(
+            "topic.partitions",
+            format!("{partitions} partitions: a RabbitMQ queue is one queue; use partitions: 1"),
+        ));
+    }
+    let quorum = cluster.settings.get("queue_type").is_some_and(|t| t == "quorum");
+    if *broker == BrokerKind::Rabbitmq && !quorum && t.replication_factor.is_some_and(|rf| rf != 1)
+    {
+        return Err(ctx.err(
+            "topic.replication_factor",
+            "a classic queue lives on one node (mirroring is deprecated): set \
+             cluster.settings.queue_type: quorum for a replicated queue, or leave the \
+             replication factor out",
+        ));
+    }
+    if *broker == BrokerKind::Rabbitmq && t.min_insync_replicas.is_some_and(|m| m != 1) {
+        return Err(ctx.err(
+            "topic.min_insync_replicas",
+            "RabbitMQ has no minimum of in-sync replicas: a quorum queue confirms once a \
+             majority of its replicas has the message; leave it out",
+        ));
+    }
+    let replication_factor = if *broker == BrokerKind::Rabbitmq && !quorum {
+        1
+    } else if *broker == BrokerKind::Redis {
         // The primary replicates everything to every replica.
         match t.replication_factor {
             Some(rf) if rf as i64 != i64::from(nodes) => {
@@ -896,6 +971,7 @@ fn fits(ctx: &Ctx, path: &str, a: &FaultAction, room: &Room) -> Result<(), PlanE
 fn expectations(
     ctx: &Ctx,
     raw: &UniqueMap<Scalar>,
+    broker: &BrokerKind,
 ) -> Result<BTreeMap<Anomaly, Expect>, PlanError> {
     let mut expect = Expect::defaults();
     for (k, v) in &raw.0 {
@@ -909,7 +985,17 @@ fn expectations(
                 ),
             )
         })?;
-        expect.insert(a, expectation(ctx, &path, v)?);
+        let e = expectation(ctx, &path, v)?;
+        if !broker.has_positions() && a.needs_positions() && e != Expect::Any {
+            return Err(ctx.err(
+                &path,
+                format!(
+                    "{k} rests on positions, and a queue's messages have none: it is not \
+                     checked for this broker; leave it out (or say any)"
+                ),
+            ));
+        }
+        expect.insert(a, e);
     }
     Ok(expect)
 }

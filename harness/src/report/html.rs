@@ -233,6 +233,9 @@ td.l,th.l{{text-align:left}}.bad{{background:#fde7e5}}svg{{background:#fff;borde
             .unwrap_or_default();
         let _ = write!(html, "<tr{}><td class=\"l\">{}</td><td>{}</td><td>{}</td><td class=\"l\">{met}</td><td class=\"l\">{}</td></tr>", if e.met == Some(false) { " class=\"bad\"" } else { "" }, e.anomaly.name(), e.got, esc(&e.wanted), esc(&ex));
     }
+    for a in &o.not_applicable {
+        let _ = write!(html, "<tr><td class=\"l\">{}</td><td>n/a</td><td></td><td class=\"l\">not checked</td><td class=\"l\">a queue's messages have no positions</td></tr>", a.name());
+    }
     html += "</table>";
 
     html

@@ -45,6 +45,10 @@ struct Results<'a> {
     expectations_met: bool,
     expectations: &'a [crate::checker::Expectation],
     counts: BTreeMap<String, u64>,
+    /// Anomalies this broker's messages cannot show (a queue has no
+    /// positions): not checked, so not counted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    not_applicable: Vec<&'static str>,
     anomalies: &'a BTreeMap<Anomaly, Vec<String>>,
     lost: &'a [crate::checker::lost::LostMessage],
     duplicates_by_cause: &'a BTreeMap<String, u64>,
@@ -92,7 +96,9 @@ pub fn counts(o: &Outcome) -> BTreeMap<String, u64> {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     for (a, n) in &o.counts {
-        c.insert(a.name().to_string(), *n);
+        if !o.not_applicable.contains(a) {
+            c.insert(a.name().to_string(), *n);
+        }
     }
     c
 }
@@ -119,6 +125,7 @@ pub fn write_results(
         expectations_met: o.expectations_met,
         expectations: &o.expectations,
         counts: counts(o),
+        not_applicable: o.not_applicable.iter().map(|a| a.name()).collect(),
         anomalies: &o.examples,
         lost: &o.lost[..o.lost.len().min(crate::checker::EXAMPLES)],
         duplicates_by_cause: &o.duplicates_by_cause,
@@ -203,6 +210,15 @@ pub fn summary(
             e.got,
             e.wanted,
             mark
+        );
+    }
+    for a in &o.not_applicable {
+        out += &format!(
+            "{:<22}{:>10}  {:<8}{}\n",
+            a.name(),
+            "n/a",
+            "",
+            "no positions in a queue"
         );
     }
     if let Some(first) = o.lost.first() {

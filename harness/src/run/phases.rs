@@ -50,6 +50,7 @@ impl<'a> Run<'a> {
                 max_in_flight: plan.producers.max_in_flight,
                 retries: plan.producers.retries,
                 consumers: plan.consumers.count,
+                queue: !plan.cluster.broker.has_positions(),
             },
         );
         Ok(Run {

@@ -22,8 +22,18 @@ use nix::sched::{unshare, CloneFlags};
 
 pub use error::SandboxError;
 
-/// Whether this process is in a sandbox `enter` made.
-static ENTERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The network namespaces `enter` made (their inode numbers). A namespace
+/// belongs to a thread and what it starts: the `unlost` binary enters
+/// before any thread exists, a test enters on its own thread.
+static ENTERED: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+/// The inode of the calling thread's network namespace.
+fn netns_inode() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| m.ino())
+}
 /// Whether the process was real root before entering (a user namespace
 /// makes everyone root inside, without the host's privileges).
 static REAL_ROOT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -92,13 +102,21 @@ pub fn enter() -> Result<(), SandboxError> {
     .map_err(|e| SandboxError::failed("make mounts private", e))?;
     run(Command::new("ip").args(["link", "set", "lo", "up"]))?;
     write("/proc/sys/net/ipv4/ip_forward", "1")?;
-    ENTERED.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(ino) = netns_inode() {
+        ENTERED.lock().unwrap_or_else(|e| e.into_inner()).push(ino);
+    }
     Ok(())
 }
 
-/// Whether `enter` succeeded in this process.
+/// Whether the calling thread is in a sandbox `enter` made (in this
+/// process).
 pub fn entered() -> bool {
-    ENTERED.load(std::sync::atomic::Ordering::SeqCst)
+    netns_inode().is_some_and(|ino| {
+        ENTERED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&ino)
+    })
 }
 
 /// A node's host: its network namespace, held open.

@@ -256,6 +256,8 @@ fn record_acks(name: &str, job: &ConsumerJob, batch: &[Delivery]) {
             EventKind::Ack {
                 partition: d.partition,
                 offset: d.position,
+                // A queue's message has no position: its value names it.
+                value: (d.position < 0).then(|| d.value.clone()),
             },
         );
     }
