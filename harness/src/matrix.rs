@@ -40,15 +40,15 @@ pub struct Target {
 }
 
 impl Target {
-    /// `builtin`, `kafka`, `nats`, `redis`, optionally `@<version>`.
+    /// `builtin`, `kafka`, `nats`, `redis`, `rabbitmq`, optionally `@<version>`.
     pub fn parse(s: &str) -> Result<Target, String> {
         let (broker, version) = match s.split_once('@') {
             Some((b, v)) => (b, Some(v.to_string())),
             None => (s, None),
         };
-        if !matches!(broker, "builtin" | "kafka" | "nats" | "redis") {
+        if !matches!(broker, "builtin" | "kafka" | "nats" | "redis" | "rabbitmq") {
             return Err(format!(
-                "unknown broker {broker:?}: use builtin, kafka, nats or redis (with @<version> for kafka and nats)"
+                "unknown broker {broker:?}: use builtin, kafka, nats, redis or rabbitmq (with @<version> for kafka and nats)"
             ));
         }
         if version.is_some() && !matches!(broker, "kafka" | "nats") {
@@ -267,6 +267,14 @@ fn store_setting(broker: &str, column: &str) -> Result<Setting, String> {
         ("redis", "default") => s("", "1", 1),
         ("redis", "fsync") => s("appendonly: \"yes\", appendfsync: always", "1", 1),
         ("redis", "replicated") => s("", "all", 1),
+        // Publisher confirms: clients do not ask for them by default, but
+        // without them nothing is acknowledged. A classic queue is
+        // RabbitMQ's default.
+        ("rabbitmq", "default") => s("queue_type: classic", "1", 1),
+        ("rabbitmq", "fsync") => Err(
+            "RabbitMQ confirms a persistent message on a durable queue only once it is on disk, in every configuration (the default column)".into(),
+        ),
+        ("rabbitmq", "replicated") => s("queue_type: quorum", "all", 1),
         _ => Err(format!("no {column} setting for {broker}")),
     }
 }
@@ -333,7 +341,7 @@ impl CellPlan<'_> {
             "nats" => format!(
                 "topic: {{ partitions: 1, replication_factor: 3, min_insync_replicas: {min_isr} }}\n"
             ),
-            "redis" => "topic: { partitions: 1 }\n".to_string(),
+            "redis" | "rabbitmq" => "topic: { partitions: 1 }\n".to_string(),
             _ => format!(
                 "topic: {{ partitions: 3, replication_factor: 3, min_insync_replicas: {min_isr} }}\n"
             ),
@@ -373,7 +381,7 @@ pub fn grid(target: &Target, stages: &[Stage], duration: Duration) -> Vec<CellSp
     let b = target.broker.as_str();
     let secs = duration.as_secs().max(10);
     // Redis clients do not WAIT unless told to; Kafka's default is acks=all.
-    let acks = if b == "redis" { "1" } else { "all" };
+    let acks = if b == "redis" || b == "rabbitmq" { "1" } else { "all" };
     let mut cells = Vec::new();
     let mut push = |p: Result<CellPlan, String>, stage, scenario, setting| {
         cells.push(CellSpec {
@@ -409,6 +417,8 @@ pub fn grid(target: &Target, stages: &[Stage], duration: Duration) -> Vec<CellSp
                 for (setting, producer) in [("retries", ""), ("idempotent", ", idempotent: true")] {
                     let p = if setting == "idempotent" && b == "redis" {
                         Err("Redis streams do not deduplicate".into())
+                    } else if setting == "idempotent" && b == "rabbitmq" {
+                        Err("RabbitMQ queues do not deduplicate".into())
                     } else {
                         Ok(CellPlan {
                             stage,
@@ -739,7 +749,7 @@ mod tests {
 
     #[test]
     fn every_grid_plan_is_valid_and_names_its_cell() {
-        for t in ["builtin", "kafka@4.1.1", "nats@2.12.1", "redis"] {
+        for t in ["builtin", "kafka@4.1.1", "nats@2.12.1", "redis", "rabbitmq"] {
             let target = Target::parse(t).unwrap();
             let cells = grid(
                 &target,
@@ -778,7 +788,7 @@ mod tests {
 
     #[test]
     fn targets_and_stages_refuse_what_they_do_not_know() {
-        assert!(Target::parse("rabbitmq")
+        assert!(Target::parse("activemq")
             .unwrap_err()
             .contains("unknown broker"));
         assert!(Target::parse("redis@7.0")

@@ -404,6 +404,12 @@ impl Cluster {
         self.placement.drop_unsynced(id, torn)
     }
 
+    /// How old an unsynced write must be to survive a power loss (the
+    /// kernel wrote it back); None: none survives.
+    pub fn set_writeback(&mut self, after: Option<Duration>) {
+        self.placement.writeback(after);
+    }
+
     /// Makes the node's disk fail writes and fsyncs with EIO (None: heal).
     pub fn disk_error(&mut self, id: u32, on: bool) -> Result<(), ClusterError> {
         self.node(id)?;

@@ -76,6 +76,10 @@ pub trait Placement: Send {
         pick: &mut dyn FnMut(u64) -> u64,
     ) -> Result<String, ClusterError>;
 
+    /// Sets how old an unsynced write must be to survive a power loss of
+    /// any node (the kernel's writeback; None: none survives).
+    fn writeback(&mut self, after: Option<std::time::Duration>);
+
     /// Tears down what `add` made (mounts, hosts); processes must be gone.
     fn release(&mut self);
 }
@@ -268,6 +272,12 @@ impl Placement for LocalHosts {
     ) -> Result<String, ClusterError> {
         let dir = self.node(id)?.data_dir.clone();
         damage_newest(id, &dir, truncate, pick)
+    }
+
+    fn writeback(&mut self, after: Option<std::time::Duration>) {
+        for m in self.nodes.values().filter_map(|n| n.lazyfs.as_ref()) {
+            m.control.set_writeback(after);
+        }
     }
 
     fn release(&mut self) {

@@ -332,7 +332,7 @@ pub trait CommittedPositions: Send + Sync {
 
 /// Log targets of the drivers' client crates, silenced by default (their
 /// complaints about nodes the nemesis killed are expected).
-pub const QUIET_LOGS: &str = "rdkafka=off,librdkafka=off";
+pub const QUIET_LOGS: &str = "rdkafka=off,librdkafka=off,lapin=off";
 
 /// The client protocol a recipe's nodes speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -59,6 +59,9 @@ struct State {
     sync_handles: std::collections::HashSet<u64>,
     next_fh: u64,
     disk_error: Option<DiskError>,
+    /// Unsynced changes at least this old survive a power loss (the
+    /// kernel wrote them back); None: none survives (LazyFS's model).
+    writeback: Option<Duration>,
 }
 
 /// Shared control of a mounted lazy filesystem.
@@ -632,7 +635,19 @@ impl LazyFsControl {
         let mut st = lock(&self.state);
         let mut report = PowerLoss::default();
         let pending = std::mem::take(&mut st.pending);
-        for (ino, p) in pending {
+        let now = std::time::Instant::now();
+        for (ino, mut p) in pending {
+            if let Some(after) = st.writeback {
+                // What the kernel wrote back before the power went.
+                let old = p.written_back(after, now);
+                if let (false, Some(rel)) = (old.is_empty(), st.paths.get(&ino)) {
+                    apply(&self.backing.join(rel), &old)
+                        .map_err(|e| format!("write back {}: {e}", rel.display()))?;
+                }
+                if p.ops.is_empty() {
+                    continue;
+                }
+            }
             report.files += 1;
             report.bytes_lost += p
                 .ops
@@ -682,6 +697,13 @@ impl LazyFsControl {
     /// Makes writes and/or fsyncs fail with EIO (None: heal).
     pub fn set_disk_error(&self, e: Option<DiskError>) {
         lock(&self.state).disk_error = e;
+    }
+
+    /// From now on, unsynced changes at least `after` old survive a power
+    /// loss, as dirty data the kernel wrote back (Linux: 30 s,
+    /// vm.dirty_expire_centisecs). None: every unsynced change is lost.
+    pub fn set_writeback(&self, after: Option<Duration>) {
+        lock(&self.state).writeback = after;
     }
 
     /// Bytes written but not yet fsynced.

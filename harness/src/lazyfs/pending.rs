@@ -3,6 +3,8 @@
 //! Pure logic: `read` merges, `size` tells the visible size, `torn_prefix`
 //! picks what a torn write leaves behind.
 
+use std::time::{Duration, Instant};
+
 /// One unsynced change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -14,14 +16,23 @@ pub enum Op {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pending {
     pub ops: Vec<Op>,
+    /// When each op began (for the kernel's writeback of old dirty data).
+    pub at: Vec<Instant>,
 }
+
+/// How long appends keep extending one op: a write-back cut falls within
+/// this much of its age.
+const MERGE: Duration = Duration::from_secs(1);
 
 impl Pending {
     /// Records a write; a write that continues the previous one extends it
-    /// (appends stay one op however many there are).
+    /// (appends made within a second stay one op).
     pub fn write(&mut self, offset: u64, data: &[u8]) {
-        if let Some(Op::Write { offset: o, data: d }) = self.ops.last_mut() {
-            if *o + d.len() as u64 == offset {
+        let now = Instant::now();
+        if let (Some(Op::Write { offset: o, data: d }), Some(at)) =
+            (self.ops.last_mut(), self.at.last())
+        {
+            if *o + d.len() as u64 == offset && now.duration_since(*at) < MERGE {
                 d.extend_from_slice(data);
                 return;
             }
@@ -30,11 +41,25 @@ impl Pending {
             offset,
             data: data.to_vec(),
         });
+        self.at.push(now);
     }
 
     /// Records a truncation (or extension) to `size`.
     pub fn truncate(&mut self, size: u64) {
         self.ops.push(Op::Truncate(size));
+        self.at.push(Instant::now());
+    }
+
+    /// Splits off what a kernel would have written back by `now`: the ops
+    /// begun at least `after` ago (returned), keeping the younger ones.
+    pub fn written_back(&mut self, after: Duration, now: Instant) -> Vec<Op> {
+        let old = self
+            .at
+            .iter()
+            .take_while(|t| now.saturating_duration_since(**t) >= after)
+            .count();
+        self.at.drain(..old);
+        self.ops.drain(..old).collect()
     }
 
     /// The visible size given the durable size.
@@ -98,6 +123,32 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_ops_older_than_the_writeback_age_are_written_back() {
+        let mut p = Pending::default();
+        p.write(0, b"old");
+        p.truncate(10);
+        p.write(20, b"new");
+        let t0 = p.at[0];
+        // Make the first two ops 40 s old, the last one 1 s old.
+        let now = t0 + Duration::from_secs(40);
+        p.at = vec![t0, t0, now - Duration::from_secs(1)];
+        let back = p.written_back(Duration::from_secs(30), now);
+        assert_eq!(
+            back,
+            vec![
+                Op::Write {
+                    offset: 0,
+                    data: b"old".to_vec()
+                },
+                Op::Truncate(10)
+            ]
+        );
+        assert_eq!(p.ops.len(), 1);
+        assert_eq!(p.at.len(), 1);
+        assert!(p.written_back(Duration::from_secs(30), now).is_empty());
+    }
 
     #[test]
     fn appends_coalesce_and_reads_merge() {

@@ -274,6 +274,9 @@ pub struct Plan {
     pub producers: ProducerSpec,
     pub consumers: ConsumerSpec,
     pub lazyfs: bool,
+    /// Unsynced writes at least this old survive a power loss (the kernel
+    /// wrote them back); None: none does (`storage.writeback`).
+    pub writeback: Option<Duration>,
     pub faults: Vec<FaultSpec>,
     pub expect: BTreeMap<Anomaly, Expect>,
     pub drain_timeout: Duration,

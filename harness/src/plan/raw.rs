@@ -149,6 +149,7 @@ pub struct RawConsumers {
 #[serde(deny_unknown_fields)]
 pub struct RawStorage {
     pub lazyfs: Option<bool>,
+    pub writeback: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -37,6 +37,26 @@ pub(super) fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
     }
     let consumers = consumers(ctx, raw.consumers)?;
     let lazyfs = raw.storage.lazyfs.unwrap_or(false);
+    let writeback = match &raw.storage.writeback {
+        None => None,
+        Some(_) if !lazyfs => {
+            return Err(ctx.err(
+                "storage.writeback",
+                "writeback is how old an unsynced write must be to survive a power loss on the \
+                 lazy filesystem: it needs storage: { lazyfs: true }",
+            ))
+        }
+        Some(w) => {
+            let d = dur(ctx, "storage.writeback", w)?;
+            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                return Err(ctx.err(
+                    "storage.writeback",
+                    format!("writeback {w:?}: a duration from 100ms to 1h (Linux writes dirty data back after 30s)"),
+                ));
+            }
+            Some(d)
+        }
+    };
     let room = Room {
         duration,
         nodes: cluster.nodes,
@@ -67,6 +87,7 @@ pub(super) fn validate(ctx: &Ctx, raw: RawPlan) -> Result<Plan, PlanError> {
         producers,
         consumers,
         lazyfs,
+        writeback,
         faults,
         expect,
         drain_timeout,

@@ -85,7 +85,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 pub async fn cluster_up(run: &Run<'_>) -> Result<Up, Error> {
     let spec = run.plan.cluster.clone();
     let (d, lazyfs) = (run.dir.clone(), run.plan.lazyfs);
-    let cluster = blocking(move || Cluster::start(&spec, lazyfs, &d)).await??;
+    let mut cluster = blocking(move || Cluster::start(&spec, lazyfs, &d)).await??;
+    cluster.set_writeback(run.plan.writeback);
     let driver = cluster.driver();
     Ok(Up {
         cluster: Arc::new(Mutex::new(cluster)),

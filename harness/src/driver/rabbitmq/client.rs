@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
 use lapin::publisher_confirm::Confirmation;
@@ -34,27 +34,23 @@ const PERSISTENT: u8 = 2;
 /// confirms (acks 0) a publish the client wrote is `Ok` with no proof.
 /// The client never resends by itself.
 pub struct RabbitProducer {
+    link: std::sync::Arc<Link>,
+    confirms: bool,
+    timeout: Duration,
+}
+
+/// A producer's connection and channel, shared with the task that opens
+/// them again.
+struct Link {
     nodes: Nodes,
     /// The node to try first (producers spread over the nodes).
     first: usize,
     confirms: bool,
-    timeout: Duration,
     channel: tokio::sync::Mutex<Option<(Connection, Channel)>>,
 }
 
-impl RabbitProducer {
-    pub fn new(nodes: Nodes, setup: &ProducerSetup) -> RabbitProducer {
-        let first = setup.index as usize % nodes.amqp.len().max(1);
-        RabbitProducer {
-            nodes,
-            first,
-            confirms: setup.spec.acks != Acks::None,
-            timeout: setup.spec.timeout,
-            channel: tokio::sync::Mutex::new(None),
-        }
-    }
-
-    /// The channel, opened (with confirms) when there is none.
+impl Link {
+    /// The open channel, or a new one (with confirms) when there is none.
     async fn channel(&self) -> Result<Channel, DriverError> {
         let mut guard = self.channel.lock().await;
         if let Some((c, ch)) = guard.as_ref() {
@@ -80,6 +76,34 @@ impl RabbitProducer {
     }
 }
 
+impl RabbitProducer {
+    pub fn new(nodes: Nodes, setup: &ProducerSetup) -> RabbitProducer {
+        let first = setup.index as usize % nodes.amqp.len().max(1);
+        let confirms = setup.spec.acks != Acks::None;
+        RabbitProducer {
+            link: std::sync::Arc::new(Link {
+                nodes,
+                first,
+                confirms,
+                channel: tokio::sync::Mutex::new(None),
+            }),
+            confirms,
+            timeout: setup.spec.timeout,
+        }
+    }
+
+    /// The channel. Opening one runs in a task of its own: a send that
+    /// gives up waiting does not cancel it (sends queue behind the one
+    /// that opens it, and cancelling it with each would never let a
+    /// connection finish).
+    async fn channel(&self) -> Result<Channel, DriverError> {
+        let link = self.link.clone();
+        tokio::spawn(async move { link.channel().await })
+            .await
+            .map_err(|e| DriverError::refused("open a channel", e))?
+    }
+}
+
 impl Producer for RabbitProducer {
     fn retries_internally(&self) -> bool {
         false
@@ -99,22 +123,23 @@ impl Producer for RabbitProducer {
                 Ok(Err(e)) => return Completion::Fail(format!("no channel: {e}")),
                 Err(_) => return Completion::Fail(format!("no channel within {:?}", self.timeout)),
             };
-            let published = ch
-                .basic_publish(
-                    "",
-                    queue,
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &payload,
-                    BasicProperties::default().with_delivery_mode(PERSISTENT),
-                )
-                .await;
-            let confirm = match published {
-                Ok(c) => c,
+            let publish = ch.basic_publish(
+                "",
+                queue,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &payload,
+                BasicProperties::default().with_delivery_mode(PERSISTENT),
+            );
+            let confirm = match tokio::time::timeout(self.timeout, publish).await {
+                Ok(Ok(c)) => c,
                 // The frame may have gone out before the channel broke.
-                Err(e) => return Completion::Info(format!("publish: {e}")),
+                Ok(Err(e)) => return Completion::Info(format!("publish: {e}")),
+                Err(_) => {
+                    return Completion::Info(format!("publish not written within {:?}", self.timeout))
+                }
             };
             if !self.confirms {
                 return Completion::Ok {
@@ -156,6 +181,10 @@ pub struct RabbitMember {
     consumer: Consumer,
     /// Delivery tag of each value delivered and not yet acknowledged.
     tags: HashMap<String, u64>,
+    /// Auto-ack: the broker counts a message as done once sent.
+    auto: bool,
+    name: String,
+    history: crate::history::History,
 }
 
 impl RabbitMember {
@@ -173,6 +202,7 @@ impl RabbitMember {
             .and_then(|n| n.parse::<usize>().ok())
             .unwrap_or(0);
         let auto = setup.spec.commit == CommitPolicy::Auto;
+        let (name, history) = (setup.name.clone(), setup.history.clone());
         let (conn, channel, consumer) = rt.block_on(async {
             let conn = connect(&nodes.amqp, first).await?;
             let ch = conn
@@ -202,6 +232,9 @@ impl RabbitMember {
             channel,
             consumer,
             tags: HashMap::new(),
+            auto,
+            name,
+            history,
         })
     }
 
@@ -267,6 +300,41 @@ impl Member for RabbitMember {
 
 impl Drop for RabbitMember {
     fn drop(&mut self) {
+        if self.auto {
+            // With auto-ack the broker took out of the queue everything it
+            // sent this member, including what the client holds and poll
+            // never returned: those are gone with the member. Cancel the
+            // consumer (the broker sends nothing after its cancel-ok), take
+            // in what came before, and record each as acknowledged (the
+            // broker's view), so the checker can tell them from losses.
+            let (ch, consumer, tag) = (&self.channel, &mut self.consumer, &self.name);
+            let held = self.rt.block_on(async {
+                let mut held = Vec::new();
+                if ch
+                    .basic_cancel(tag, BasicCancelOptions::default())
+                    .await
+                    .is_err()
+                {
+                    return held;
+                }
+                while let Ok(Some(Ok(d))) =
+                    tokio::time::timeout(Duration::from_secs(2), consumer.next()).await
+                {
+                    held.push(value_of(Some(&d.data)));
+                }
+                held
+            });
+            for value in held {
+                self.history.record(
+                    &self.name,
+                    crate::history::EventKind::Ack {
+                        partition: 0,
+                        offset: -1,
+                        value: Some(value),
+                    },
+                );
+            }
+        }
         // Unacknowledged messages go back to the queue once the connection
         // is gone; closing it says so at once.
         let conn = &self.conn;

@@ -3,13 +3,19 @@
 //! ready (every message it holds is then out to the drain, unacknowledged),
 //! then close the connection, which puts every message back. The read is
 //! confirmed by that count; any error starts it again from the beginning.
+//! A consumer may hold only so many unacknowledged messages (a quorum queue
+//! gives an unlimited prefetch 2,000), so while messages are still ready
+//! the drain adds a consumer on a channel of its own.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
 
 use super::{connect, Nodes};
 use crate::history::{value_of, History};
@@ -18,58 +24,92 @@ use crate::history::{value_of, History};
 /// anything is left.
 const QUIET: Duration = Duration::from_millis(500);
 
+/// A consumer on a channel of its own, with the largest prefetch.
+async fn consume(conn: &Connection, queue: &str, n: usize) -> Result<(Channel, Consumer), String> {
+    let ch = conn
+        .create_channel()
+        .await
+        .map_err(|e| format!("open a channel: {e}"))?;
+    ch.basic_qos(u16::MAX, BasicQosOptions::default())
+        .await
+        .map_err(|e| format!("basic.qos: {e}"))?;
+    let c = ch
+        .basic_consume(
+            queue,
+            &format!("unlost-drain-{n}"),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("consume {queue}: {e}"))?;
+    Ok((ch, c))
+}
+
+/// How many messages the queue has ready (not out to a consumer).
+async fn ready(probe: &Channel, queue: &str) -> Result<u32, String> {
+    probe
+        .queue_declare(
+            queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map(|q| q.message_count())
+        .map_err(|e| format!("queue {queue}: {e}"))
+}
+
 /// One read of the whole queue: the values, in delivery order.
 async fn read(nodes: &Nodes, queue: &str, deadline: Instant) -> Result<Vec<String>, String> {
     let conn = connect(&nodes.amqp, 0).await.map_err(|e| e.to_string())?;
     let result = async {
-        let ch = conn
-            .create_channel()
-            .await
-            .map_err(|e| format!("open a channel: {e}"))?;
         let probe = conn
             .create_channel()
             .await
             .map_err(|e| format!("open a channel: {e}"))?;
-        // No prefetch limit: the broker sends everything it holds.
-        ch.basic_qos(0, BasicQosOptions::default())
-            .await
-            .map_err(|e| format!("basic.qos: {e}"))?;
-        let mut consumer = ch
-            .basic_consume(
-                queue,
-                "unlost-drain",
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| format!("consume {queue}: {e}"))?;
+        let mut consumers = vec![consume(&conn, queue, 0).await?];
         let mut values = Vec::new();
         loop {
             if Instant::now() >= deadline {
                 return Err(format!("{} messages read, and more kept coming", values.len()));
             }
-            match tokio::time::timeout(QUIET, consumer.next()).await {
+            let next = {
+                let mut any =
+                    futures::stream::select_all(consumers.iter_mut().map(|(_, c)| c.by_ref()));
+                tokio::time::timeout(QUIET, any.next()).await
+            };
+            match next {
                 Ok(Some(Ok(d))) => values.push(value_of(Some(&d.data))),
                 Ok(Some(Err(e))) => return Err(format!("consume {queue}: {e}")),
                 Ok(None) => return Err(format!("the drain's consumer on {queue} was cancelled")),
-                Err(_) => {
-                    let q = probe
-                        .queue_declare(
-                            queue,
-                            QueueDeclareOptions {
-                                passive: true,
-                                ..QueueDeclareOptions::default()
-                            },
-                            FieldTable::default(),
-                        )
-                        .await
-                        .map_err(|e| format!("queue {queue}: {e}"))?;
-                    if q.message_count() == 0 {
-                        return Ok(values);
-                    }
+                Err(_) if ready(&probe, queue).await? > 0 => {
+                    // Messages are ready and nobody is given them: every
+                    // consumer holds all it may.
+                    let n = consumers.len();
+                    consumers.push(consume(&conn, queue, n).await?);
+                }
+                Err(_) => break,
+            }
+        }
+        // Nothing is ready: every message is out to the drain, some maybe
+        // still on the way. A consumer's cancel-ok comes after everything
+        // sent to it, and its stream ends there.
+        for (n, (ch, c)) in consumers.iter_mut().enumerate() {
+            ch.basic_cancel(&format!("unlost-drain-{n}"), BasicCancelOptions::default())
+                .await
+                .map_err(|e| format!("cancel the drain's consumer: {e}"))?;
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), c.next()).await {
+                    Ok(Some(Ok(d))) => values.push(value_of(Some(&d.data))),
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => return Err(format!("consume {queue}: {e}")),
+                    Err(_) => return Err("the drain's consumer did not end after its cancel".into()),
                 }
             }
         }
+        Ok(values)
     }
     .await;
     // Everything read goes back to the queue (nothing was acknowledged).
