@@ -56,6 +56,7 @@ fn main() {
                 max_in_flight: 5,
                 retries: 2,
                 consumers: 0,
+                queue: false,
             },
         );
         let mut next = [0i64; 8];

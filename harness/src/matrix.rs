@@ -381,7 +381,11 @@ pub fn grid(target: &Target, stages: &[Stage], duration: Duration) -> Vec<CellSp
     let b = target.broker.as_str();
     let secs = duration.as_secs().max(10);
     // Redis clients do not WAIT unless told to; Kafka's default is acks=all.
-    let acks = if b == "redis" || b == "rabbitmq" { "1" } else { "all" };
+    let acks = if b == "redis" || b == "rabbitmq" {
+        "1"
+    } else {
+        "all"
+    };
     let mut cells = Vec::new();
     let mut push = |p: Result<CellPlan, String>, stage, scenario, setting| {
         cells.push(CellSpec {

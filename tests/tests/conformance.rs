@@ -37,11 +37,7 @@ fn start(broker: BrokerKind, partitions: i32) -> Fixture {
     start_with(broker, partitions, BTreeMap::new())
 }
 
-fn start_with(
-    broker: BrokerKind,
-    partitions: i32,
-    settings: BTreeMap<String, String>,
-) -> Fixture {
+fn start_with(broker: BrokerKind, partitions: i32, settings: BTreeMap<String, String>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let positions = broker.has_positions();
     let spec = ClusterSpec {

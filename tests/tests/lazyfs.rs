@@ -49,8 +49,15 @@ fn with_a_writeback_age_old_unsynced_writes_survive_and_young_ones_vanish() {
         std::thread::sleep(writeback * 2);
         std::fs::write(mnt.join("young.log"), b"just written").unwrap();
         let lost = control.power_loss(None).unwrap();
-        assert_eq!((lost.files, lost.bytes_lost), (1, 12), "only the young write is lost");
-        assert_eq!(std::fs::read(mnt.join("old.conf")).unwrap(), b"written at boot");
+        assert_eq!(
+            (lost.files, lost.bytes_lost),
+            (1, 12),
+            "only the young write is lost"
+        );
+        assert_eq!(
+            std::fs::read(mnt.join("old.conf")).unwrap(),
+            b"written at boot"
+        );
         assert_eq!(std::fs::read(mnt.join("young.log")).unwrap(), b"");
         // Without the writeback age (LazyFS's model) nothing unsynced
         // survives, however old: the rewrite is lost.
@@ -58,7 +65,10 @@ fn with_a_writeback_age_old_unsynced_writes_survive_and_young_ones_vanish() {
         std::fs::write(mnt.join("old.conf"), b"rewritten").unwrap();
         std::thread::sleep(writeback * 2);
         control.power_loss(None).unwrap();
-        assert_eq!(std::fs::read(mnt.join("old.conf")).unwrap(), b"written at boot");
+        assert_eq!(
+            std::fs::read(mnt.join("old.conf")).unwrap(),
+            b"written at boot"
+        );
     });
 }
 

@@ -316,6 +316,18 @@ impl Facts {
         *a = (*a).max(o);
     }
 
+    /// A member's own acknowledgement: of a position, or (a queue's
+    /// message) of a value, which it takes out of the queue.
+    fn on_ack(&mut self, partition: i32, offset: i64, value: Option<&str>) {
+        self.tick();
+        if offset >= 0 {
+            self.offsets.entry(partition as u64, offset as u64).acked = true;
+        }
+        if let Some(id) = value.and_then(ValueId::parse) {
+            self.sends.entry(u64::from(id.producer()), id.seq()).taken += 1;
+        }
+    }
+
     fn on_group_committed(&mut self, p: i32, o: i64) {
         self.tick();
         let c = self.committed.entry(p).or_insert(o);
@@ -350,17 +362,7 @@ impl Facts {
                 partition,
                 offset,
                 value,
-            } => {
-                self.tick();
-                if offset >= 0 {
-                    self.offsets.entry(partition as u64, offset as u64).acked = true;
-                }
-                if let Some(id) = value.as_deref().and_then(ValueId::parse) {
-                    self.sends
-                        .entry(u64::from(id.producer()), id.seq())
-                        .taken += 1;
-                }
-            }
+            } => self.on_ack(partition, offset, value.as_deref()),
             EventKind::GroupCommitted { partition, offset } => {
                 self.on_group_committed(partition, offset);
             }

@@ -180,6 +180,18 @@ pub fn fold(path: &std::path::Path) -> Result<Facts, HistoryError> {
     }
 }
 
+/// The anomalies this history cannot show: those resting on positions,
+/// for a queue.
+fn not_applicable(f: &Facts) -> Vec<Anomaly> {
+    if !f.queue {
+        return Vec::new();
+    }
+    Anomaly::ALL
+        .into_iter()
+        .filter(|a| a.needs_positions())
+        .collect()
+}
+
 /// Derives every anomaly from the facts and evaluates expectations.
 pub fn evaluate(f: &Facts, expect: &BTreeMap<Anomaly, Expect>) -> Outcome {
     let lost = lost::check(f);
@@ -263,14 +275,7 @@ pub fn evaluate(f: &Facts, expect: &BTreeMap<Anomaly, Expect>) -> Outcome {
         Verdict::Valid
     };
     let decidable = drain_complete && floor.is_empty();
-    let not_applicable: Vec<Anomaly> = if f.queue {
-        Anomaly::ALL
-            .into_iter()
-            .filter(|a| a.needs_positions())
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let not_applicable = not_applicable(f);
     let expectations: Vec<Expectation> = expect
         .iter()
         .filter(|(a, _)| !not_applicable.contains(a))

@@ -348,13 +348,18 @@ fn a_queue_accounts_for_what_the_group_took_and_names_what_it_lost() {
     h.ev("c0#1", EventKind::ConsumerCrash);
     h.deliver("c0#2", "p0-4", 0, -1).ack("c0#2", "p0-4");
     h.deliver("c0#2", "p9-0", 0, -1).ack("c0#2", "p9-0");
-    h.drain("p0-2", 0, -1).drain("p0-5", 0, -1).drain("p0-5", 0, -1);
+    h.drain("p0-2", 0, -1)
+        .drain("p0-5", 0, -1)
+        .drain("p0-5", 0, -1);
     let o = h.done();
     let count = |a: Anomaly| o.counts[&a];
     assert_eq!(count(Anomaly::Lost), 1, "{:?}", o.examples[&Anomaly::Lost]);
     assert!(o.examples[&Anomaly::Lost][0].starts_with("p0-3 "));
     assert_eq!(o.examples[&Anomaly::Skipped], vec!["p0-1".to_string()]);
-    assert_eq!(o.examples[&Anomaly::Redelivered], vec!["p0-4 x2".to_string()]);
+    assert_eq!(
+        o.examples[&Anomaly::Redelivered],
+        vec!["p0-4 x2".to_string()]
+    );
     assert_eq!(o.examples[&Anomaly::Duplicated].len(), 1);
     assert_eq!(o.examples[&Anomaly::Unexpected], vec!["p9-0".to_string()]);
     // Positions say nothing here: those anomalies are not applicable, and

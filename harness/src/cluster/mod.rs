@@ -451,6 +451,9 @@ impl Drop for Cluster {
 
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
+    // Carriage returns (an Erlang crash report has them) would make a
+    // terminal print lines over each other.
+    let text = text.replace('\r', "");
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -611,7 +611,10 @@ fn topic(ctx: &Ctx, t: RawTopic, cluster: &ClusterSpec) -> Result<TopicSpec, Pla
             format!("{partitions} partitions: a RabbitMQ queue is one queue; use partitions: 1"),
         ));
     }
-    let quorum = cluster.settings.get("queue_type").is_some_and(|t| t == "quorum");
+    let quorum = cluster
+        .settings
+        .get("queue_type")
+        .is_some_and(|t| t == "quorum");
     if *broker == BrokerKind::Rabbitmq && !quorum && t.replication_factor.is_some_and(|rf| rf != 1)
     {
         return Err(ctx.err(

@@ -138,7 +138,10 @@ impl Producer for RabbitProducer {
                 // The frame may have gone out before the channel broke.
                 Ok(Err(e)) => return Completion::Info(format!("publish: {e}")),
                 Err(_) => {
-                    return Completion::Info(format!("publish not written within {:?}", self.timeout))
+                    return Completion::Info(format!(
+                        "publish not written within {:?}",
+                        self.timeout
+                    ))
                 }
             };
             if !self.confirms {
@@ -188,7 +191,11 @@ pub struct RabbitMember {
 }
 
 impl RabbitMember {
-    pub fn new(nodes: &Nodes, setup: MemberSetup, prefetch: u16) -> Result<RabbitMember, DriverError> {
+    pub fn new(
+        nodes: &Nodes,
+        setup: MemberSetup,
+        prefetch: u16,
+    ) -> Result<RabbitMember, DriverError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -265,7 +272,10 @@ impl Member for RabbitMember {
             match next {
                 Err(_) => break,
                 Ok(None) => {
-                    return Err(DriverError::refused("consume", "the consumer was cancelled"))
+                    return Err(DriverError::refused(
+                        "consume",
+                        "the consumer was cancelled",
+                    ))
                 }
                 Ok(Some(Err(e))) => return Err(DriverError::refused("consume", e)),
                 Ok(Some(Ok(d))) => {

@@ -73,7 +73,10 @@ async fn read(nodes: &Nodes, queue: &str, deadline: Instant) -> Result<Vec<Strin
         let mut values = Vec::new();
         loop {
             if Instant::now() >= deadline {
-                return Err(format!("{} messages read, and more kept coming", values.len()));
+                return Err(format!(
+                    "{} messages read, and more kept coming",
+                    values.len()
+                ));
             }
             let next = {
                 let mut any =
@@ -105,7 +108,9 @@ async fn read(nodes: &Nodes, queue: &str, deadline: Instant) -> Result<Vec<Strin
                     Ok(Some(Ok(d))) => values.push(value_of(Some(&d.data))),
                     Ok(None) => break,
                     Ok(Some(Err(e))) => return Err(format!("consume {queue}: {e}")),
-                    Err(_) => return Err("the drain's consumer did not end after its cancel".into()),
+                    Err(_) => {
+                        return Err("the drain's consumer did not end after its cancel".into())
+                    }
                 }
             }
         }
@@ -149,5 +154,7 @@ pub fn drain(
             }
         }
     }
-    Err(format!("no complete read of queue {queue} within {timeout:?}: {last}"))
+    Err(format!(
+        "no complete read of queue {queue} within {timeout:?}: {last}"
+    ))
 }

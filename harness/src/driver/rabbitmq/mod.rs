@@ -313,7 +313,10 @@ fn clustered(nodes: &Nodes) -> Result<(), DriverError> {
     if running < nodes.amqp.len() {
         return Err(DriverError::refused(
             "cluster",
-            format!("{running} of {} nodes running and clustered", nodes.amqp.len()),
+            format!(
+                "{running} of {} nodes running and clustered",
+                nodes.amqp.len()
+            ),
         ));
     }
     Ok(())
@@ -451,7 +454,12 @@ mod tests {
     fn node_names_map_to_node_ids() {
         assert_eq!(node_id(&node_name(&crate::sandbox::node_addr(2))), 2);
         assert_eq!(node_id("rabbit@10.77.7.2"), 7);
-        for bad in ["", "rabbit@localhost", "rabbit@10.77.x.2", "rabbit@127.0.0.1"] {
+        for bad in [
+            "",
+            "rabbit@localhost",
+            "rabbit@10.77.x.2",
+            "rabbit@127.0.0.1",
+        ] {
             assert_eq!(node_id(bad), -1, "{bad}");
         }
     }
