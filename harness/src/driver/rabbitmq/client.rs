@@ -47,6 +47,13 @@ struct Link {
     first: usize,
     confirms: bool,
     channel: tokio::sync::Mutex<Option<(Connection, Channel)>>,
+    /// One publish at a time writes to the channel. lapin numbers a
+    /// publish for its confirm and then queues its frames, two steps
+    /// another thread's publish can come between: the broker then numbers
+    /// them the other way round, and each confirm (ack or nack) is given
+    /// to the other message (found by the matrix: a nacked message stored,
+    /// and an acknowledged one lost; docs/rabbitmq.md).
+    publishing: tokio::sync::Mutex<()>,
 }
 
 impl Link {
@@ -86,6 +93,7 @@ impl RabbitProducer {
                 first,
                 confirms,
                 channel: tokio::sync::Mutex::new(None),
+                publishing: tokio::sync::Mutex::new(()),
             }),
             confirms,
             timeout: setup.spec.timeout,
@@ -123,6 +131,7 @@ impl Producer for RabbitProducer {
                 Ok(Err(e)) => return Completion::Fail(format!("no channel: {e}")),
                 Err(_) => return Completion::Fail(format!("no channel within {:?}", self.timeout)),
             };
+            let written = self.link.publishing.lock().await;
             let publish = ch.basic_publish(
                 "",
                 queue,
@@ -144,6 +153,8 @@ impl Producer for RabbitProducer {
                     ))
                 }
             };
+            // Numbered and queued: the next publish may go.
+            drop(written);
             if !self.confirms {
                 return Completion::Ok {
                     partition: 0,

@@ -60,17 +60,17 @@ fn server_script() -> Result<PathBuf, DriverError> {
         })
 }
 
-/// Erlang's epmd, from PATH.
-fn epmd() -> Result<PathBuf, DriverError> {
+/// A program from PATH.
+fn program(name: &str, hint: &str) -> Result<PathBuf, DriverError> {
     std::env::var_os("PATH")
         .and_then(|p| {
             std::env::split_paths(&p)
-                .map(|d| d.join("epmd"))
+                .map(|d| d.join(name))
                 .find(|p| p.is_file())
         })
         .ok_or_else(|| DriverError::Missing {
-            what: "epmd (Erlang) for broker: rabbitmq".into(),
-            hint: "apt-get install rabbitmq-server (it brings Erlang)".into(),
+            what: format!("{name} for broker: rabbitmq"),
+            hint: hint.into(),
         })
 }
 
@@ -126,7 +126,8 @@ pub fn config_template(spec: &ClusterSpec) -> String {
 /// front with every directory beside the node's data. Needs the sandbox.
 pub fn recipe(spec: &ClusterSpec) -> Result<NodeRecipe, DriverError> {
     let server = server_script()?;
-    let epmd = epmd()?;
+    let epmd = program("epmd", "apt-get install rabbitmq-server (it brings Erlang)")?;
+    let setpriv = program("setpriv", "apt-get install util-linux")?;
     if !crate::sandbox::entered() {
         return Err(DriverError::Missing {
             what: "a host per node for broker: rabbitmq".into(),
@@ -135,7 +136,12 @@ pub fn recipe(spec: &ClusterSpec) -> Result<NodeRecipe, DriverError> {
                 .into(),
         });
     }
-    let epmd = epmd.display();
+    let (epmd, setpriv) = (epmd.display(), setpriv.display());
+    // The shell is the node's process: the harness's death kills it
+    // (PR_SET_PDEATHSIG), and `setpriv --pdeathsig` passes that on to epmd
+    // and the Erlang VM (the server script execs erl, which execs the VM,
+    // when RUNNING_UNDER_SYSTEMD is set), so nothing outlives a killed
+    // harness.
     let script = format!(
         "cd \"$(dirname '{{config}}')\" || exit 1\n\
          [ -f enabled_plugins ] || echo '[rabbitmq_management].' > enabled_plugins\n\
@@ -145,15 +151,16 @@ pub fn recipe(spec: &ClusterSpec) -> Result<NodeRecipe, DriverError> {
          \x20 RABBITMQ_CONF_ENV_FILE=\"$PWD/rabbitmq-env.conf\" \\\n\
          \x20 RABBITMQ_ADVANCED_CONFIG_FILE=\"$PWD/advanced.config\" \\\n\
          \x20 RABBITMQ_DIST_PORT={{peer_port}} RABBITMQ_PID_FILE=\"$PWD/rabbit.pid\" \\\n\
-         \x20 RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-setcookie unlost -start_epmd false +S 2:2'\n\
-         '{epmd}' &\n\
+         \x20 RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-setcookie unlost -start_epmd false +S 2:2' \\\n\
+         \x20 RUNNING_UNDER_SYSTEMD=true\n\
+         '{setpriv}' --pdeathsig KILL '{epmd}' &\n\
          epmd=$!\n\
          tries=0\n\
          until '{epmd}' -names >/dev/null 2>&1; do\n\
          \x20 tries=$((tries + 1)); [ $tries -gt 100 ] && {{ echo 'epmd did not start'; exit 1; }}\n\
          \x20 sleep 0.05\n\
          done\n\
-         '{}'\n\
+         '{setpriv}' --pdeathsig KILL '{}'\n\
          code=$?\n\
          kill -9 \"$epmd\" 2>/dev/null\n\
          exit $code\n",

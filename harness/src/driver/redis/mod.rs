@@ -108,6 +108,9 @@ fn sentinel_lines(spec: &ClusterSpec) -> Vec<String> {
 /// node's process group holds both: a kill or pause hits the host.
 pub fn recipe(spec: &ClusterSpec) -> Result<NodeRecipe, DriverError> {
     let server = program("redis-server")?;
+    // The shell dies with the harness (PR_SET_PDEATHSIG); `setpriv
+    // --pdeathsig` passes that on to the servers it starts.
+    let guard = format!("'{}' --pdeathsig KILL", program("setpriv")?.display());
     let mut script = String::from(
         "cd \"$(dirname '{config}')\" || exit 1\n\
          if [ ! -f redis.conf ]; then\n\
@@ -124,13 +127,13 @@ pub fn recipe(spec: &ClusterSpec) -> Result<NodeRecipe, DriverError> {
             .join(" ");
         script.push_str(&format!(
             "[ -f sentinel.conf ] || printf '%s\\n' {lines} > sentinel.conf || exit 1\n\
-             '{}' \"$PWD/sentinel.conf\" &\n\
+             {guard} '{}' \"$PWD/sentinel.conf\" &\n\
              sentinel=$!\n",
             sentinel.display()
         ));
     }
     script.push_str(&format!(
-        "'{}' \"$PWD/redis.conf\"\ncode=$?\n",
+        "{guard} '{}' \"$PWD/redis.conf\"\ncode=$?\n",
         server.display()
     ));
     if spec.nodes > 1 {
