@@ -263,3 +263,59 @@ pub fn write_all(
     html::write(dir, &plan.name, seed, o, facts, &nodes).map_err(|e| fail("report.html", e))?;
     Ok(text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{Event, EventKind};
+
+    #[test]
+    fn a_queue_run_shows_position_anomalies_as_not_applicable() {
+        let kinds = [
+            EventKind::Run {
+                plan: "q".into(),
+                seed: 1,
+                partitions: 1,
+                max_in_flight: 5,
+                retries: 0,
+                consumers: 0,
+                queue: true,
+            },
+            EventKind::Invoke {
+                value: "p0-0".into(),
+                attempt: 1,
+            },
+            EventKind::Ok {
+                value: "p0-0".into(),
+                attempt: 1,
+                partition: 0,
+                offset: -1,
+            },
+            EventKind::Drain {
+                partition: 0,
+                offset: -1,
+                value: "p0-0".into(),
+            },
+            EventKind::DrainEnd {
+                complete: true,
+                high_watermarks: Default::default(),
+                error: None,
+                unreadable: Vec::new(),
+            },
+        ];
+        let events = kinds.into_iter().enumerate().map(|(i, kind)| {
+            Ok(Event {
+                t: i as u64,
+                process: "p0".into(),
+                kind,
+            })
+        });
+        let o = crate::checker::check(events, &crate::vocabulary::Expect::defaults()).unwrap();
+        let c = counts(&o);
+        assert_eq!(c["lost"], 0);
+        assert!(!c.contains_key("reordered"), "{c:?}");
+        let text = summary("q", 1, Path::new("r"), &o, 0, &Timings::default());
+        assert!(text.contains("reordered") && text.contains("n/a"), "{text}");
+        assert!(text.contains("verdict valid"), "{text}");
+    }
+}
