@@ -92,7 +92,7 @@ pub enum Command {
     /// scenario x durability setting); writes matrix.md, matrix.html and
     /// matrix.json in the output dir.
     Matrix {
-        /// Brokers: builtin, kafka, nats, redis; kafka and nats take
+        /// Brokers: builtin, kafka, nats, redis, rabbitmq; kafka and nats take
         /// @<version> (nats@2.12.1).
         #[arg(required = true, value_parser = crate::matrix::Target::parse)]
         brokers: Vec<crate::matrix::Target>,

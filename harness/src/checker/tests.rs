@@ -34,15 +34,7 @@ impl H {
     /// A history of a queue: no positions, consumers take what they ack.
     fn queue() -> Self {
         let mut h = H::new(5);
-        h.events[0].kind = EventKind::Run {
-            plan: "t".into(),
-            seed: 1,
-            partitions: 1,
-            max_in_flight: 5,
-            retries: 2,
-            consumers: 1,
-            queue: true,
-        };
+        h.events[0].kind = one_partition_run(1, true);
         h
     }
     fn ack(&mut self, c: &str, v: &str) -> &mut Self {
@@ -137,6 +129,19 @@ impl H {
         assert_eq!(direct.stats, folded.stats);
         assert_eq!(direct.verdict, folded.verdict);
         direct
+    }
+}
+
+/// The first line of a one-partition run with `consumers` consumers.
+fn one_partition_run(consumers: u32, queue: bool) -> EventKind {
+    EventKind::Run {
+        plan: "t".into(),
+        seed: 1,
+        partitions: 1,
+        max_in_flight: 5,
+        retries: 2,
+        consumers,
+        queue,
     }
 }
 
@@ -493,15 +498,7 @@ fn a_run_below_the_floor_is_unknown_with_its_reasons() {
     // Nothing acknowledged, consumers that processed nothing, and a plan
     // fault that was due twice and never had anything to act on.
     let mut h = H::new(5);
-    h.events[0].kind = EventKind::Run {
-        plan: "t".into(),
-        seed: 1,
-        partitions: 1,
-        max_in_flight: 5,
-        retries: 2,
-        consumers: 2,
-        queue: false,
-    };
+    h.events[0].kind = one_partition_run(2, false);
     h.invoke("p0-0", 1);
     for _ in 0..2 {
         h.ev(
