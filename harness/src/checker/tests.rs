@@ -343,10 +343,20 @@ fn a_queue_accounts_for_what_the_group_took_and_names_what_it_lost() {
     // p0-4: delivered twice (a redelivery after a crash), then acked.
     // p0-5: the drain finds it twice: duplicated.
     // p9-0: never sent, given to a member: unexpected.
+    // p1-0: its send timed out, yet a member was given it: recovered.
     let mut h = H::queue();
     for i in 0..6 {
         h.ok(&format!("p0-{i}"), 0, -1);
     }
+    h.invoke("p1-0", 1).ev(
+        "p1",
+        EventKind::Info {
+            value: "p1-0".into(),
+            attempt: 1,
+            error: "no confirm".into(),
+        },
+    );
+    h.deliver("c0#1", "p1-0", 0, -1).ack("c0#1", "p1-0");
     h.deliver("c0#1", "p0-0", 0, -1).ack("c0#1", "p0-0");
     h.ack("c0#1", "p0-1");
     h.deliver("c0#1", "p0-4", 0, -1);
@@ -367,6 +377,7 @@ fn a_queue_accounts_for_what_the_group_took_and_names_what_it_lost() {
     );
     assert_eq!(o.examples[&Anomaly::Duplicated].len(), 1);
     assert_eq!(o.examples[&Anomaly::Unexpected], vec!["p9-0".to_string()]);
+    assert_eq!(o.examples[&Anomaly::Recovered], vec!["p1-0".to_string()]);
     // Positions say nothing here: those anomalies are not applicable, and
     // no expectation is held against them.
     assert_eq!(
