@@ -35,7 +35,6 @@ const PERSISTENT: u8 = 2;
 /// The client never resends by itself.
 pub struct RabbitProducer {
     link: std::sync::Arc<Link>,
-    confirms: bool,
     timeout: Duration,
 }
 
@@ -86,16 +85,14 @@ impl Link {
 impl RabbitProducer {
     pub fn new(nodes: Nodes, setup: &ProducerSetup) -> RabbitProducer {
         let first = setup.index as usize % nodes.amqp.len().max(1);
-        let confirms = setup.spec.acks != Acks::None;
         RabbitProducer {
             link: std::sync::Arc::new(Link {
                 nodes,
                 first,
-                confirms,
+                confirms: setup.spec.acks != Acks::None,
                 channel: tokio::sync::Mutex::new(None),
                 publishing: tokio::sync::Mutex::new(()),
             }),
-            confirms,
             timeout: setup.spec.timeout,
         }
     }
@@ -155,7 +152,7 @@ impl Producer for RabbitProducer {
             };
             // Numbered and queued: the next publish may go.
             drop(written);
-            if !self.confirms {
+            if !self.link.confirms {
                 return Completion::Ok {
                     partition: 0,
                     position: -1,

@@ -62,16 +62,10 @@ fn server_script() -> Result<PathBuf, DriverError> {
 
 /// A program from PATH.
 fn program(name: &str, hint: &str) -> Result<PathBuf, DriverError> {
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(name))
-                .find(|p| p.is_file())
-        })
-        .ok_or_else(|| DriverError::Missing {
-            what: format!("{name} for broker: rabbitmq"),
-            hint: hint.into(),
-        })
+    super::cache::on_path(name).ok_or_else(|| DriverError::Missing {
+        what: format!("{name} for broker: rabbitmq"),
+        hint: hint.into(),
+    })
 }
 
 /// The node name of the node on `host`.

@@ -36,16 +36,15 @@ const DOWN_AFTER: Duration = Duration::from_secs(3);
 
 /// A program of the installed Redis release, from PATH.
 fn program(name: &str) -> Result<PathBuf, DriverError> {
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(name))
-                .find(|p| p.is_file())
-        })
-        .ok_or_else(|| DriverError::Missing {
-            what: format!("{name} for broker: redis"),
-            hint: "apt-get install redis-server redis-sentinel (ci/test does)".into(),
-        })
+    let hint = if name == "setpriv" {
+        "apt-get install util-linux"
+    } else {
+        "apt-get install redis-server redis-sentinel (ci/test does)"
+    };
+    super::cache::on_path(name).ok_or_else(|| DriverError::Missing {
+        what: format!("{name} for broker: redis"),
+        hint: hint.into(),
+    })
 }
 
 /// The server config, with the harness's placeholders.
