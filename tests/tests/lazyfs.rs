@@ -73,6 +73,56 @@ fn with_a_writeback_age_old_unsynced_writes_survive_and_young_ones_vanish() {
 }
 
 #[test]
+fn the_dirty_limit_and_the_writeback_age_keep_unsynced_memory_bounded() {
+    with_lazyfs(|mnt, control| {
+        let chunk = vec![7u8; 256 << 10];
+        let (limit, check) = (lazyfs::DIRTY_LIMIT, lazyfs::CHECK_EVERY);
+        // LazyFS's model (no writeback age), a log never fsynced: past the
+        // dirty limit the oldest writes go to the backing file, as a
+        // kernel writes dirty pages back, and survive a power loss.
+        let total = limit + 16 * check;
+        let mut f = std::fs::File::create(mnt.join("never-synced.log")).unwrap();
+        let mut written = 0;
+        while written < total {
+            f.write_all(&chunk).unwrap();
+            written += chunk.len() as u64;
+        }
+        let held = control.unsynced_bytes();
+        assert!(
+            held <= limit + check,
+            "{held} unsynced bytes held in memory, more than the limit {limit} plus one check"
+        );
+        let backed = std::fs::metadata(control.backing().join("never-synced.log"))
+            .unwrap()
+            .len();
+        assert!(
+            backed >= total - limit - check,
+            "only {backed} of {total} bytes written back"
+        );
+        let lost = control.power_loss(None).unwrap();
+        assert_eq!(lost.bytes_lost, total - backed, "the rest is lost");
+        assert_eq!(
+            std::fs::metadata(mnt.join("never-synced.log"))
+                .unwrap()
+                .len(),
+            backed
+        );
+        // A writeback age of zero: every write is old by the next check,
+        // so at most one check's worth stays in memory.
+        control.set_writeback(Some(std::time::Duration::ZERO));
+        let mut g = std::fs::File::create(mnt.join("aged.log")).unwrap();
+        for _ in 0..(2 * check / chunk.len() as u64) {
+            g.write_all(&chunk).unwrap();
+        }
+        let backed = std::fs::metadata(control.backing().join("aged.log"))
+            .unwrap()
+            .len();
+        assert!(backed >= check, "only {backed} bytes written back");
+        assert!(control.unsynced_bytes() < check + chunk.len() as u64);
+    });
+}
+
+#[test]
 fn unsynced_writes_vanish_and_synced_ones_survive_power_loss() {
     with_lazyfs(|mnt, control| {
         let mut f = OpenOptions::new()

@@ -11,6 +11,13 @@
 //! - `power_loss` drops every pending change; the torn variant keeps a
 //!   random prefix of each file's last unsynced write.
 //! - `set_disk_error` makes writes and fsyncs fail with EIO until cleared.
+//! - memory stays bounded, as a kernel's page cache does: with a writeback
+//!   age (`set_writeback`), unsynced changes older than it are applied to
+//!   the backing file as writes go on (they would survive a power loss
+//!   anyway); and past `DIRTY_LIMIT` unsynced bytes in a mount, the oldest
+//!   changes are applied, as a kernel writes dirty pages back at its dirty
+//!   limit. Checked every `CHECK_EVERY` bytes written. A failed write-back
+//!   fails the write that triggered it with EIO.
 //!
 //! Files are served with direct I/O and zero cache TTLs, so the kernel
 //! never caches data or sizes that a power loss will change. Shared
@@ -30,7 +37,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
@@ -40,6 +47,13 @@ use fuser::{
 use pending::{Op, Pending};
 
 const TTL: Duration = Duration::ZERO;
+
+/// The most unsynced data (with its bookkeeping) a mount keeps in memory;
+/// past it, the oldest changes are written back to the backing file.
+pub const DIRTY_LIMIT: u64 = 64 << 20;
+
+/// Bytes written between two write-back checks.
+pub const CHECK_EVERY: u64 = 1 << 20;
 
 /// What a disk-error fault makes fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +76,8 @@ struct State {
     /// Unsynced changes at least this old survive a power loss (the
     /// kernel wrote them back); None: none survives (LazyFS's model).
     writeback: Option<Duration>,
+    /// Bytes written since the last write-back check.
+    since_check: u64,
 }
 
 /// Shared control of a mounted lazy filesystem.
@@ -123,14 +139,62 @@ impl State {
             return Ok(());
         };
         let path = backing.join(rel);
-        apply(&path, &p.ops)?;
+        apply(&path, &p.ops, true)?;
         self.pending.remove(&ino);
+        Ok(())
+    }
+
+    /// What a kernel's writeback would have done by `now`: applies the
+    /// changes older than the writeback age, then, while the mount holds
+    /// more than `DIRTY_LIMIT`, the oldest changes down to three quarters
+    /// of it.
+    fn write_back(&mut self, backing: &Path, now: Instant) -> std::io::Result<()> {
+        if let Some(cutoff) = self.writeback.and_then(|after| now.checked_sub(after)) {
+            self.write_back_through(backing, cutoff)?;
+        }
+        let total: u64 = self.pending.values().map(Pending::footprint).sum();
+        if total <= DIRTY_LIMIT {
+            return Ok(());
+        }
+        let mut ages: Vec<(Instant, u64)> = self.pending.values().flat_map(Pending::ages).collect();
+        ages.sort_unstable_by_key(|(t, _)| *t);
+        let mut excess = total - DIRTY_LIMIT / 4 * 3;
+        let mut cutoff = None;
+        for (t, size) in ages {
+            cutoff = Some(t);
+            if size >= excess {
+                break;
+            }
+            excess -= size;
+        }
+        match cutoff {
+            Some(c) => self.write_back_through(backing, c),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies every change begun no later than `cutoff` to its backing
+    /// file (no fsync: the backing file is what survives).
+    fn write_back_through(&mut self, backing: &Path, cutoff: Instant) -> std::io::Result<()> {
+        let inos: Vec<u64> = self.pending.keys().copied().collect();
+        for ino in inos {
+            let Some(p) = self.pending.get_mut(&ino) else {
+                continue;
+            };
+            let old = p.split_through(cutoff);
+            if p.ops.is_empty() {
+                self.pending.remove(&ino);
+            }
+            if let (false, Some(rel)) = (old.is_empty(), self.paths.get(&ino)) {
+                apply(&backing.join(rel), &old, false)?;
+            }
+        }
         Ok(())
     }
 }
 
-/// Writes ops into a backing file and fsyncs it.
-fn apply(path: &Path, ops: &[Op]) -> std::io::Result<()> {
+/// Writes ops into a backing file, and fsyncs it if `sync`.
+fn apply(path: &Path, ops: &[Op], sync: bool) -> std::io::Result<()> {
     let f = OpenOptions::new().write(true).open(path)?;
     for op in ops {
         match op {
@@ -138,7 +202,10 @@ fn apply(path: &Path, ops: &[Op]) -> std::io::Result<()> {
             Op::Truncate(s) => f.set_len(*s)?,
         }
     }
-    f.sync_all()
+    if sync {
+        f.sync_all()?;
+    }
+    Ok(())
 }
 
 impl LazyFs {
@@ -447,6 +514,13 @@ impl Filesystem for LazyFs {
             return reply.error(Errno::EIO);
         }
         st.pending.entry(ino.0).or_default().write(offset, data);
+        st.since_check += data.len() as u64;
+        if st.since_check >= CHECK_EVERY {
+            st.since_check = 0;
+            if let Err(e) = st.write_back(&self.backing, Instant::now()) {
+                return reply.error(errno(&e));
+            }
+        }
         if st.sync_handles.contains(&fh.0) {
             // O_SYNC / O_DSYNC: the write returns once it is durable.
             if let Err(e) = st.sync(&self.backing, ino.0) {
@@ -641,7 +715,7 @@ impl LazyFsControl {
                 // What the kernel wrote back before the power went.
                 let old = p.written_back(after, now);
                 if let (false, Some(rel)) = (old.is_empty(), st.paths.get(&ino)) {
-                    apply(&self.backing.join(rel), &old)
+                    apply(&self.backing.join(rel), &old, false)
                         .map_err(|e| format!("write back {}: {e}", rel.display()))?;
                 }
                 if p.ops.is_empty() {
@@ -676,7 +750,7 @@ impl LazyFsControl {
                 let keep = pick(last);
                 let ops = p.torn_prefix(keep);
                 if let Some(rel) = st.paths.get(&ino) {
-                    apply(&self.backing.join(rel), &ops)
+                    apply(&self.backing.join(rel), &ops, true)
                         .map_err(|e| format!("torn write to {}: {e}", rel.display()))?;
                     report.bytes_lost -= ops
                         .iter()

@@ -20,6 +20,18 @@ pub struct Pending {
     pub at: Vec<Instant>,
 }
 
+/// Memory one op holds beyond its data: the op, its start time, and the
+/// allocator's share.
+const OP_OVERHEAD: u64 = 64;
+
+/// The memory one op holds.
+fn footprint(op: &Op) -> u64 {
+    match op {
+        Op::Write { data, .. } => data.capacity() as u64 + OP_OVERHEAD,
+        Op::Truncate(_) => OP_OVERHEAD,
+    }
+}
+
 /// How long appends keep extending one op: a write-back cut falls within
 /// this much of its age.
 const MERGE: Duration = Duration::from_secs(1);
@@ -60,6 +72,24 @@ impl Pending {
             .count();
         self.at.drain(..old);
         self.ops.drain(..old).collect()
+    }
+
+    /// Splits off the ops begun no later than `cutoff` (returned, oldest
+    /// first), keeping the younger ones.
+    pub fn split_through(&mut self, cutoff: Instant) -> Vec<Op> {
+        let old = self.at.iter().take_while(|t| **t <= cutoff).count();
+        self.at.drain(..old);
+        self.ops.drain(..old).collect()
+    }
+
+    /// When each op began and the memory it holds, oldest first.
+    pub fn ages(&self) -> impl Iterator<Item = (Instant, u64)> + '_ {
+        self.at.iter().copied().zip(self.ops.iter().map(footprint))
+    }
+
+    /// The memory these changes hold.
+    pub fn footprint(&self) -> u64 {
+        self.ops.iter().map(footprint).sum()
     }
 
     /// The visible size given the durable size.
@@ -148,6 +178,16 @@ mod tests {
         assert_eq!(p.ops.len(), 1);
         assert_eq!(p.at.len(), 1);
         assert!(p.written_back(Duration::from_secs(30), now).is_empty());
+        assert_eq!(p.footprint(), p.ages().map(|(_, n)| n).sum::<u64>());
+        assert!(p.footprint() >= 3 + OP_OVERHEAD);
+        assert_eq!(
+            p.split_through(now),
+            vec![Op::Write {
+                offset: 20,
+                data: b"new".to_vec()
+            }]
+        );
+        assert_eq!((p.ops.len(), p.at.len(), p.footprint()), (0, 0, 0));
     }
 
     #[test]
