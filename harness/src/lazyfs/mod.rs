@@ -149,8 +149,8 @@ impl State {
     /// more than `DIRTY_LIMIT`, the oldest changes down to three quarters
     /// of it.
     fn write_back(&mut self, backing: &Path, now: Instant) -> std::io::Result<()> {
-        if let Some(cutoff) = self.writeback.and_then(|after| now.checked_sub(after)) {
-            self.write_back_through(backing, cutoff)?;
+        if let Some(after) = self.writeback {
+            self.write_back_where(backing, |p| p.written_back(after, now))?;
         }
         let total: u64 = self.pending.values().map(Pending::footprint).sum();
         if total <= DIRTY_LIMIT {
@@ -168,20 +168,24 @@ impl State {
             excess -= size;
         }
         match cutoff {
-            Some(c) => self.write_back_through(backing, c),
+            Some(c) => self.write_back_where(backing, |p| p.split_through(c)),
             None => Ok(()),
         }
     }
 
-    /// Applies every change begun no later than `cutoff` to its backing
-    /// file (no fsync: the backing file is what survives).
-    fn write_back_through(&mut self, backing: &Path, cutoff: Instant) -> std::io::Result<()> {
+    /// Applies the changes `pick` splits off each file's pending ones to
+    /// its backing file (no fsync: the backing file is what survives).
+    fn write_back_where(
+        &mut self,
+        backing: &Path,
+        mut pick: impl FnMut(&mut Pending) -> Vec<Op>,
+    ) -> std::io::Result<()> {
         let inos: Vec<u64> = self.pending.keys().copied().collect();
         for ino in inos {
             let Some(p) = self.pending.get_mut(&ino) else {
                 continue;
             };
-            let old = p.split_through(cutoff);
+            let old = pick(p);
             if p.ops.is_empty() {
                 self.pending.remove(&ino);
             }

@@ -65,13 +65,10 @@ impl Pending {
     /// Splits off what a kernel would have written back by `now`: the ops
     /// begun at least `after` ago (returned), keeping the younger ones.
     pub fn written_back(&mut self, after: Duration, now: Instant) -> Vec<Op> {
-        let old = self
-            .at
-            .iter()
-            .take_while(|t| now.saturating_duration_since(**t) >= after)
-            .count();
-        self.at.drain(..old);
-        self.ops.drain(..old).collect()
+        match now.checked_sub(after) {
+            Some(cutoff) => self.split_through(cutoff),
+            None => Vec::new(),
+        }
     }
 
     /// Splits off the ops begun no later than `cutoff` (returned, oldest
