@@ -18,8 +18,29 @@ fn cap_malloc_arenas() {
     }
 }
 
+/// Memory freed inside glibc's heap stays resident until the kernel is
+/// told it is free, so after a burst of work the resident set keeps the
+/// burst's peak although the harness no longer holds it (a soak: 52 MiB
+/// resident, 42 after one `malloc_trim`; docs/benchmarks.md). Once a
+/// minute the harness hands freed pages back, so its resident memory
+/// shows what it holds.
+fn trim_freed_memory_every_minute() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    let _ = std::thread::Builder::new()
+        .name("unlost-trim".into())
+        .spawn(|| loop {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            // SAFETY: malloc_trim only returns free memory to the kernel;
+            // glibc locks each arena while it does.
+            unsafe {
+                nix::libc::malloc_trim(0);
+            }
+        });
+}
+
 fn main() {
     cap_malloc_arenas();
+    trim_freed_memory_every_minute();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
