@@ -20,8 +20,8 @@ fn cap_malloc_arenas() {
 
 /// Memory freed inside glibc's heap stays resident until the kernel is
 /// told it is free, so after a burst of work the resident set keeps the
-/// burst's peak although the harness no longer holds it (a soak: 52 MiB
-/// resident, 42 after one `malloc_trim`; docs/benchmarks.md). Once a
+/// burst's peak although the harness no longer holds it (a soak: 50.8 MiB
+/// resident, 41.1 after one `malloc_trim`; docs/benchmarks.md). Once a
 /// minute the harness hands freed pages back, so its resident memory
 /// shows what it holds.
 fn trim_freed_memory_every_minute() {
