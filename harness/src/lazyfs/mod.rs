@@ -190,7 +190,10 @@ impl State {
                 self.pending.remove(&ino);
             }
             if let (false, Some(rel)) = (old.is_empty(), self.paths.get(&ino)) {
-                apply(&backing.join(rel), &old, false)?;
+                let path = backing.join(rel);
+                apply(&path, &old, false).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                })?;
             }
         }
         Ok(())
@@ -712,20 +715,14 @@ impl LazyFsControl {
     ) -> Result<PowerLoss, String> {
         let mut st = lock(&self.state);
         let mut report = PowerLoss::default();
+        if let Some(after) = st.writeback {
+            // What the kernel wrote back before the power went.
+            let now = Instant::now();
+            st.write_back_where(&self.backing, |p| p.written_back(after, now))
+                .map_err(|e| format!("write back before the power loss: {e}"))?;
+        }
         let pending = std::mem::take(&mut st.pending);
-        let now = std::time::Instant::now();
-        for (ino, mut p) in pending {
-            if let Some(after) = st.writeback {
-                // What the kernel wrote back before the power went.
-                let old = p.written_back(after, now);
-                if let (false, Some(rel)) = (old.is_empty(), st.paths.get(&ino)) {
-                    apply(&self.backing.join(rel), &old, false)
-                        .map_err(|e| format!("write back {}: {e}", rel.display()))?;
-                }
-                if p.ops.is_empty() {
-                    continue;
-                }
-            }
+        for (ino, p) in pending {
             report.files += 1;
             report.bytes_lost += p
                 .ops
