@@ -5,7 +5,7 @@
 //! on drop, so a failing or aborted test leaves no broker behind.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -64,13 +64,10 @@ pub fn prerequisite(present: bool, what: &str) -> bool {
     false
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1 that no other call in this process has
+/// handed out (see [`unlost::cluster::free_loopback_port`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    unlost::cluster::free_loopback_port().expect("a free port on 127.0.0.1")
 }
 
 /// Fails with a clear message when an external program is missing.

@@ -21,7 +21,7 @@ use crate::driver::Driver;
 pub use crate::driver::NodeRecipe;
 use crate::plan::{ClusterSpec, Readiness};
 pub use error::{ClusterError, ClusterErrorKind};
-pub use placement::{LocalHosts, Placement};
+pub use placement::{free_loopback_port, LocalHosts, Placement};
 
 /// Whether a node process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

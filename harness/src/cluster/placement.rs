@@ -100,14 +100,51 @@ pub struct LocalHosts {
     nodes: BTreeMap<u32, LocalNode>,
 }
 
-fn free_port(host: &str) -> Result<u16, ClusterError> {
-    std::net::TcpListener::bind((host, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| ClusterError {
-            node: None,
-            kind: ClusterErrorKind::Port(e),
-        })
+/// A free TCP port on 127.0.0.1 that no other call in this process has
+/// handed out, for nodes that share the machine's loopback (no sandbox).
+///
+/// Ports come from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`). A port asked of the kernel with
+/// `bind(:0)` and released is, until the node binds it, free for the kernel
+/// to give again: to another node's listener or to any outgoing
+/// connection's source port, and the node then fails to start with
+/// "Address already in use". Below that range the kernel hands out nothing
+/// by itself; a counter keeps this process's nodes apart and a start
+/// derived from the process id keeps two processes apart.
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static RANGE: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    let &(low, span) = RANGE.get_or_init(|| {
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(32768);
+        // At most 12,000 ports just below the ephemeral range, above 1024.
+        let low = ephemeral_low.saturating_sub(12_000).max(1025);
+        let span = ephemeral_low.saturating_sub(low).max(1);
+        NEXT.store(
+            std::process::id().wrapping_mul(2_654_435_761) % span,
+            Ordering::Relaxed,
+        );
+        (low, span)
+    });
+    let mut last = None;
+    for _ in 0..span {
+        let port = (low + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(_) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port to try")))
+}
+
+fn free_port() -> Result<u16, ClusterError> {
+    free_loopback_port().map_err(|e| ClusterError {
+        node: None,
+        kind: ClusterErrorKind::Port(e),
+    })
 }
 
 impl LocalHosts {
@@ -141,12 +178,7 @@ impl Placement for LocalHosts {
             let h = crate::sandbox::add_host(id).map_err(|e| ClusterError::node(id, e.into()))?;
             (h.addr.clone(), 9092, 9093, Some(h))
         } else {
-            let port = free_port("127.0.0.1")?;
-            let mut peer = free_port("127.0.0.1")?;
-            while peer == port {
-                peer = free_port("127.0.0.1")?;
-            }
-            ("127.0.0.1".to_string(), port, peer, None)
+            ("127.0.0.1".to_string(), free_port()?, free_port()?, None)
         };
         let data_dir = node_dir.join("data");
         std::fs::create_dir_all(&data_dir)
@@ -397,5 +429,27 @@ mod tests {
         std::fs::remove_file(&seg).unwrap();
         // No segment at all: the newest file.
         assert_eq!(newest_file(dir.path()), Some(raft));
+    }
+
+    #[test]
+    fn loopback_ports_are_distinct_and_outside_the_kernels_ephemeral_range() {
+        let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ports: Vec<u16> = (0..500).map(|_| free_loopback_port().unwrap()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port handed out twice");
+        for p in ports {
+            assert!(
+                p > 1024 && p < ephemeral_low,
+                "{p} is not below {ephemeral_low}"
+            );
+            // Each is free to bind right after it was handed out.
+            std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
+        }
     }
 }
