@@ -119,6 +119,7 @@ impl Topics {
         }
         let pdir = self.dir.join(format!("{topic}-{index}"));
         let existed = pdir.exists();
+        let started = std::time::Instant::now();
         let (p, rec) = Partition::open(
             topic,
             index,
@@ -151,6 +152,7 @@ impl Topics {
                 partition = index,
                 segments = rec.segments,
                 log_end = rec.log_end,
+                ms = started.elapsed().as_millis() as u64,
                 "recovered partition"
             );
         }

@@ -4,7 +4,9 @@
 //! Run: `cargo bench -p unlost-tests --bench broker`
 //! Env: BENCH_MESSAGES (default 1,000,000 for async flush; a fifth of it
 //! for flush always), BENCH_FILTER (substring of scenario names, or
-//! "failover"), BENCH_FAILOVERS (leader kills timed, default 10).
+//! "failover" or "recovery"), BENCH_FAILOVERS (leader kills timed, default
+//! 10), BENCH_RECOVERY_BATCHES (batches in the recovered log, default
+//! 300,000).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -335,6 +337,9 @@ fn main() {
             }
         );
     }
+    if "recovery".contains(&filter) || filter.is_empty() {
+        recovery();
+    }
     if "failover".contains(&filter) || filter.is_empty() {
         let rounds: usize = std::env::var("BENCH_FAILOVERS")
             .ok()
@@ -349,6 +354,79 @@ fn main() {
             t[t.len() - 1].as_secs_f64()
         );
     }
+}
+
+/// Seconds `PartitionLog::open` takes to recover a log of `batches`
+/// one-record batches of 200 bytes (as a soak's producers write them),
+/// fsynced, in `dir`; and the log's size in bytes.
+fn recovery_secs(dir: &std::path::Path, batches: u64) -> (f64, u64) {
+    use unlost_broker::storage::{batch, LogConfig, PartitionLog};
+    let payload = [b'x'; 200];
+    {
+        let (mut log, _) = PartitionLog::open(dir, LogConfig::default()).expect("open log");
+        for _ in 0..batches {
+            let mut buf = batch::build(0, &[&payload], 1_000);
+            let mut headers: Vec<_> = batch::split(&buf)
+                .expect("built batch")
+                .into_iter()
+                .map(|(_, h)| h)
+                .collect();
+            log.append(&mut buf, &mut headers, 1).expect("append");
+        }
+        log.sync().expect("fsync");
+    }
+    let bytes = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let start = Instant::now();
+    let (log, _) = PartitionLog::open(dir, LogConfig::default()).expect("reopen log");
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(log.log_end(), batches as i64, "recovery lost batches");
+    (secs, bytes)
+}
+
+/// Recovery of one partition's log, on the local disk and through the lazy
+/// filesystem (as in plans with `storage.lazyfs`), in a private mount
+/// namespace so no mount outlives the bench.
+fn recovery() {
+    let batches: u64 = std::env::var("BENCH_RECOVERY_BATCHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000);
+    let disk = tempfile::tempdir().unwrap();
+    let (secs, bytes) = recovery_secs(disk.path(), batches);
+    println!(
+        "recovery of a partition log, {batches} batches ({:.0} MB), local disk: {secs:.2} s",
+        bytes as f64 / 1e6
+    );
+    if !(nix::unistd::geteuid().is_root() && std::path::Path::new("/dev/fuse").exists()) {
+        println!("recovery through the lazy filesystem: not measured (needs root and /dev/fuse)");
+        return;
+    }
+    std::thread::spawn(move || {
+        use nix::mount::MsFlags;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("mount namespace");
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .expect("private mounts");
+        let dir = tempfile::tempdir().unwrap();
+        let (backing, mnt) = (dir.path().join("backing"), dir.path().join("mnt"));
+        std::fs::create_dir_all(&backing).unwrap();
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mount = unlost::lazyfs::mount(&backing, &mnt).expect("lazy filesystem");
+        let (secs, _) = recovery_secs(&mnt, batches);
+        println!("recovery of the same log through the lazy filesystem: {secs:.2} s");
+        drop(mount);
+    })
+    .join()
+    .unwrap();
 }
 
 /// Time from SIGKILL of a partition leader to the first acks=all produce
