@@ -14,6 +14,33 @@ use crate::controller::state::{ClusterState, TopicState};
 use crate::server::Broker;
 use crate::topics::{valid_name, CreateError};
 
+/// The brokers a Metadata response lists: the registered, unfenced ones (a
+/// broker that is not, yet or any more, part of the cluster sends clients
+/// elsewhere). When every broker is fenced (all cut off from the controller
+/// at once) that list is empty, and librdkafka 2.12.1 then forgets every
+/// broker it knows, the bootstrap servers included, and never asks again
+/// (its guard ignores only a response with neither brokers nor topics):
+/// the client stalls for good. So a broker whose list would be empty lists
+/// itself: it answered, so the client can reach it.
+fn listed_brokers(state: &ClusterState, self_id: i32) -> Vec<MetadataResponseBroker> {
+    let entry = |id: i32, b: &crate::controller::state::BrokerInfo| {
+        MetadataResponseBroker::default()
+            .with_node_id(BrokerId(id))
+            .with_host(StrBytes::from_string(b.host.clone()))
+            .with_port(b.port)
+    };
+    let mut brokers: Vec<MetadataResponseBroker> = state
+        .brokers
+        .iter()
+        .filter(|(_, b)| !b.fenced)
+        .map(|(&id, b)| entry(id, b))
+        .collect();
+    if brokers.is_empty() {
+        brokers.extend(state.brokers.get(&self_id).map(|b| entry(self_id, b)));
+    }
+    brokers
+}
+
 fn ids(v: &[i32]) -> Vec<BrokerId> {
     v.iter().map(|&i| BrokerId(i)).collect()
 }
@@ -110,19 +137,7 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
                 })
                 .collect(),
         };
-        // Only registered, unfenced brokers: a broker that is not (yet or any
-        // more) part of the cluster sends clients elsewhere.
-        let brokers: Vec<MetadataResponseBroker> = state
-            .brokers
-            .iter()
-            .filter(|(_, b)| !b.fenced)
-            .map(|(&id, b)| {
-                MetadataResponseBroker::default()
-                    .with_node_id(BrokerId(id))
-                    .with_host(StrBytes::from_string(b.host.clone()))
-                    .with_port(b.port)
-            })
-            .collect();
+        let brokers = listed_brokers(state, broker.config.id);
         (topics, brokers)
     });
     let controller = broker.controller.leader().map_or(-1, |l| l as i32);
@@ -132,4 +147,40 @@ pub async fn handle(broker: &Arc<Broker>, req: MetadataRequest, version: i16) ->
         .with_controller_id(BrokerId(controller))
         .with_topics(topics);
     encode(&resp, version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::state::BrokerInfo;
+
+    fn state(fenced: &[bool]) -> ClusterState {
+        let mut s = ClusterState::default();
+        for (i, &f) in fenced.iter().enumerate() {
+            let id = i as i32 + 1;
+            s.brokers.insert(
+                id,
+                BrokerInfo {
+                    host: format!("10.77.{id}.2"),
+                    port: 9092,
+                    epoch: 1,
+                    fenced: f,
+                },
+            );
+        }
+        s
+    }
+
+    fn listed(s: &ClusterState, me: i32) -> Vec<i32> {
+        listed_brokers(s, me).iter().map(|b| b.node_id.0).collect()
+    }
+
+    #[test]
+    fn metadata_lists_unfenced_brokers_and_never_none_while_this_one_is_registered() {
+        assert_eq!(listed(&state(&[false, true, false]), 2), vec![1, 3]);
+        // Everyone fenced: the answering broker lists itself.
+        assert_eq!(listed(&state(&[true, true, true]), 2), vec![2]);
+        // Not registered at all (a new broker): nothing to list.
+        assert_eq!(listed(&state(&[true, true, true]), 4), Vec::<i32>::new());
+    }
 }
